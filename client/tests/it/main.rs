@@ -1,0 +1,543 @@
+//! The SDK against tiny in-process fake servers: real gRPC over loopback TCP,
+//! scripted answers, and a log of what each server received.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use capkv_client::proto::admin_service_server::{AdminService, AdminServiceServer};
+use capkv_client::proto::kv_service_server::{KvService, KvServiceServer};
+use capkv_client::proto::sensor_service_server::{SensorService, SensorServiceServer};
+use capkv_client::{proto, Client, ClientConfig, Error, RangeQuery};
+use tokio::net::TcpListener;
+use tonic::metadata::MetadataValue;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status};
+
+mod cli;
+
+/// Retries in these tests hit loopback servers; a short backoff keeps them
+/// fast while still exercising the backoff path.
+fn fast_config() -> ClientConfig {
+    ClientConfig {
+        timeout: Duration::from_secs(5),
+        backoff_initial: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(10),
+        ..ClientConfig::default()
+    }
+}
+
+/// Binds port 0 on loopback and serves `router` there in the background.
+async fn serve(router: tonic::transport::server::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("local addr");
+    tokio::spawn(router.serve_with_incoming(TcpIncoming::from(listener)));
+    addr.to_string()
+}
+
+/// An address where nothing listens: bound, then released.
+async fn dead_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    drop(listener);
+    addr
+}
+
+// ----- a KV server that redirects or answers -------------------------------
+
+#[derive(Clone, Debug, PartialEq)]
+struct Seen {
+    server: &'static str,
+    method: &'static str,
+    request_id: Vec<u8>,
+    had_deadline: bool,
+}
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+#[derive(Clone)]
+enum Behaviour {
+    /// UNAVAILABLE with the leader's id and address in the metadata.
+    RedirectTo {
+        id: u64,
+        addr: String,
+    },
+    Answer,
+}
+
+#[derive(Clone)]
+struct FakeKv {
+    name: &'static str,
+    node_id: u64,
+    behaviour: Arc<Mutex<Behaviour>>,
+    log: Log,
+}
+
+impl FakeKv {
+    fn record<T>(
+        &self,
+        method: &'static str,
+        request: &Request<T>,
+        options: Option<&proto::WriteOptions>,
+    ) {
+        self.log.lock().unwrap().push(Seen {
+            server: self.name,
+            method,
+            request_id: options.map(|o| o.request_id.clone()).unwrap_or_default(),
+            had_deadline: request.metadata().get("grpc-timeout").is_some(),
+        });
+    }
+
+    fn refuse(&self) -> Option<Status> {
+        match &*self.behaviour.lock().unwrap() {
+            Behaviour::Answer => None,
+            Behaviour::RedirectTo { id, addr } => {
+                let mut status =
+                    Status::unavailable(format!("node {} is not the leader", self.node_id));
+                let metadata = status.metadata_mut();
+                metadata.insert(
+                    capkv_client::metadata::LEADER_ID,
+                    MetadataValue::try_from(id.to_string()).unwrap(),
+                );
+                metadata.insert(
+                    capkv_client::metadata::LEADER_ADDR,
+                    MetadataValue::try_from(addr.as_str()).unwrap(),
+                );
+                Some(status)
+            }
+        }
+    }
+
+    fn meta(&self) -> Option<proto::ResponseMeta> {
+        Some(proto::ResponseMeta {
+            served_by: self.node_id,
+            ..proto::ResponseMeta::default()
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl KvService for FakeKv {
+    async fn put(
+        &self,
+        request: Request<proto::PutRequest>,
+    ) -> Result<Response<proto::PutResponse>, Status> {
+        self.record("put", &request, request.get_ref().options.as_ref());
+        if let Some(status) = self.refuse() {
+            return Err(status);
+        }
+        Ok(Response::new(proto::PutResponse {
+            meta: self.meta(),
+            version: Some(proto::Version {
+                physical_ms: 1,
+                logical: 0,
+                origin_node: self.node_id,
+            }),
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
+        self.record("get", &request, None);
+        if let Some(status) = self.refuse() {
+            return Err(status);
+        }
+        if request.get_ref().key.is_empty() {
+            return Err(Status::invalid_argument("key must be 1 byte to 1 KiB"));
+        }
+        Ok(Response::new(proto::GetResponse {
+            meta: self.meta(),
+            found: true,
+            value: b"v".to_vec(),
+            version: None,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::DeleteResponse>, Status> {
+        self.record("delete", &request, request.get_ref().options.as_ref());
+        Err(Status::unimplemented("not in this fake"))
+    }
+}
+
+async fn kv_server(
+    name: &'static str,
+    node_id: u64,
+    behaviour: Behaviour,
+    log: &Log,
+) -> (String, FakeKv) {
+    let fake = FakeKv {
+        name,
+        node_id,
+        behaviour: Arc::new(Mutex::new(behaviour)),
+        log: Arc::clone(log),
+    };
+    let addr = serve(Server::builder().add_service(KvServiceServer::new(fake.clone()))).await;
+    (addr, fake)
+}
+
+#[tokio::test]
+async fn follows_leader_redirect_and_reuses_the_request_id() {
+    let log = Log::default();
+    let (leader_addr, _leader) = kv_server("leader", 2, Behaviour::Answer, &log).await;
+    let (follower_addr, _follower) = kv_server(
+        "follower",
+        1,
+        Behaviour::RedirectTo {
+            id: 2,
+            addr: leader_addr.clone(),
+        },
+        &log,
+    )
+    .await;
+    // Only the follower is configured: the leader is learned from the redirect.
+    let client = Client::with_config([follower_addr.as_str()], fast_config()).expect("valid");
+
+    let response = client
+        .put("k", "v")
+        .await
+        .expect("put succeeds via the leader");
+    assert_eq!(response.meta.expect("meta").served_by, 2);
+
+    let seen = log.lock().unwrap().clone();
+    let servers: Vec<&str> = seen.iter().map(|s| s.server).collect();
+    assert_eq!(servers, ["follower", "leader"]);
+    assert_eq!(seen[0].request_id.len(), 16, "a 16-byte request id");
+    assert_eq!(
+        seen[0].request_id, seen[1].request_id,
+        "the retry of one logical write reuses its request id"
+    );
+    assert!(
+        seen.iter().all(|s| s.had_deadline),
+        "every attempt carries grpc-timeout"
+    );
+
+    // The leader is remembered: the next write goes straight there, with a
+    // fresh request id because it is a different logical write.
+    assert_eq!(client.leader_address(), leader_addr);
+    client.put("k", "v2").await.expect("second put");
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2].server, "leader");
+    assert_ne!(seen[2].request_id, seen[0].request_id);
+}
+
+#[tokio::test]
+async fn redirect_ping_pong_is_bounded_by_max_attempts() {
+    let log = Log::default();
+    let (a_addr, a) = kv_server("a", 1, Behaviour::Answer, &log).await;
+    let (b_addr, _b) = kv_server(
+        "b",
+        2,
+        Behaviour::RedirectTo {
+            id: 1,
+            addr: a_addr.clone(),
+        },
+        &log,
+    )
+    .await;
+    // Now make a point back at b: the nodes disagree forever.
+    *a.behaviour.lock().unwrap() = Behaviour::RedirectTo {
+        id: 2,
+        addr: b_addr.clone(),
+    };
+    let config = ClientConfig {
+        max_attempts: 5,
+        ..fast_config()
+    };
+    let client = Client::with_config([a_addr.as_str()], config).expect("valid");
+    let error = client.put("k", "v").await.expect_err("no node serves");
+    match &error {
+        Error::Unavailable {
+            leader: Some((id, _)),
+            ..
+        } => assert!(*id == 1 || *id == 2),
+        other => panic!("expected Unavailable with a leader, got {other:?}"),
+    }
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 5, "exactly max_attempts attempts");
+    let first_id = &seen[0].request_id;
+    assert!(seen.iter().all(|s| &s.request_id == first_id));
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_skipped() {
+    let log = Log::default();
+    let dead = dead_address().await;
+    let (live_addr, _live) = kv_server("live", 3, Behaviour::Answer, &log).await;
+    let client =
+        Client::with_config([dead.as_str(), live_addr.as_str()], fast_config()).expect("valid");
+
+    let response = client
+        .get("k")
+        .await
+        .expect("get succeeds on the live node");
+    assert!(response.found);
+    assert_eq!(client.leader_address(), live_addr);
+    let servers: Vec<&str> = log.lock().unwrap().iter().map(|s| s.server).collect();
+    assert_eq!(servers, ["live"]);
+}
+
+#[tokio::test]
+async fn all_endpoints_down_is_a_transport_error_after_max_attempts() {
+    let dead_a = dead_address().await;
+    let dead_b = dead_address().await;
+    let config = ClientConfig {
+        max_attempts: 3,
+        ..fast_config()
+    };
+    let client = Client::with_config([dead_a, dead_b], config).expect("valid");
+    let error = client.get("k").await.expect_err("nothing listens");
+    assert!(matches!(error, Error::Transport(_)), "{error:?}");
+    assert_eq!(error.code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn server_rejections_are_typed_and_not_retried() {
+    let log = Log::default();
+    let (addr, _server) = kv_server("only", 1, Behaviour::Answer, &log).await;
+    let client = Client::with_config([addr.as_str()], fast_config()).expect("valid");
+    let error = client.get(Vec::new()).await.expect_err("empty key");
+    assert_eq!(
+        error,
+        Error::InvalidArgument("key must be 1 byte to 1 KiB".into())
+    );
+    let error = client.delete("k").await.expect_err("unimplemented");
+    assert_eq!(error.code(), tonic::Code::Unimplemented);
+    assert_eq!(log.lock().unwrap().len(), 2, "one attempt each");
+}
+
+// ----- paging --------------------------------------------------------------
+
+/// Serves readings 0..total of one sensor; the page token is the decimal
+/// offset of the next reading.
+struct FakeSensor {
+    total: i64,
+    pages_served: Arc<Mutex<u32>>,
+}
+
+#[tonic::async_trait]
+impl SensorService for FakeSensor {
+    async fn put_readings(
+        &self,
+        _request: Request<proto::PutReadingsRequest>,
+    ) -> Result<Response<proto::PutReadingsResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn latest_reading(
+        &self,
+        _request: Request<proto::LatestReadingRequest>,
+    ) -> Result<Response<proto::LatestReadingResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn range_readings(
+        &self,
+        request: Request<proto::RangeReadingsRequest>,
+    ) -> Result<Response<proto::RangeReadingsResponse>, Status> {
+        *self.pages_served.lock().unwrap() += 1;
+        let request = request.into_inner();
+        let start: i64 = if request.page_token.is_empty() {
+            0
+        } else {
+            String::from_utf8_lossy(&request.page_token)
+                .parse()
+                .map_err(|_| Status::invalid_argument("bad page token"))?
+        };
+        let limit = if request.limit == 0 {
+            1000
+        } else {
+            i64::from(request.limit)
+        };
+        let end = (start + limit).min(self.total);
+        let readings = (start..end)
+            .map(|ts| proto::Reading {
+                sensor_id: request.sensor_id.clone(),
+                timestamp_ms: ts,
+                value: ts as f64,
+                tags: HashMap::new(),
+                version: None,
+            })
+            .collect();
+        let next_page_token = if end < self.total {
+            end.to_string().into_bytes()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(proto::RangeReadingsResponse {
+            meta: None,
+            readings,
+            next_page_token,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn range_readings_all_follows_pages_up_to_max_total() {
+    let pages_served = Arc::new(Mutex::new(0));
+    let fake = FakeSensor {
+        total: 25,
+        pages_served: Arc::clone(&pages_served),
+    };
+    let addr = serve(Server::builder().add_service(SensorServiceServer::new(fake))).await;
+    let client = Client::with_config([addr.as_str()], fast_config()).expect("valid");
+    let query = RangeQuery {
+        limit: 10,
+        ..RangeQuery::new("boiler-7")
+    };
+
+    let all = client
+        .range_readings_all(query.clone(), usize::MAX)
+        .await
+        .expect("all pages");
+    let timestamps: Vec<i64> = all.readings.iter().map(|r| r.timestamp_ms).collect();
+    assert_eq!(timestamps, (0..25).collect::<Vec<_>>());
+    assert!(all.next_page_token.is_empty());
+    assert_eq!(*pages_served.lock().unwrap(), 3);
+
+    // Stopping at 15 asks for exactly 15 and hands back the exact token.
+    let first = client
+        .range_readings_all(query.clone(), 15)
+        .await
+        .expect("15");
+    assert_eq!(first.readings.len(), 15);
+    assert_eq!(first.next_page_token, b"15");
+    let rest = client
+        .range_readings_all(
+            RangeQuery {
+                page_token: first.next_page_token.clone(),
+                ..query.clone()
+            },
+            usize::MAX,
+        )
+        .await
+        .expect("rest");
+    assert_eq!(rest.readings.first().map(|r| r.timestamp_ms), Some(15));
+    assert_eq!(rest.readings.len(), 10);
+
+    let none = client.range_readings_all(query, 0).await.expect("zero");
+    assert!(none.readings.is_empty());
+}
+
+// ----- cluster status ------------------------------------------------------
+
+struct FakeAdmin {
+    status: proto::NodeStatus,
+}
+
+#[tonic::async_trait]
+impl AdminService for FakeAdmin {
+    async fn init(
+        &self,
+        _request: Request<proto::InitRequest>,
+    ) -> Result<Response<proto::InitResponse>, Status> {
+        Ok(Response::new(proto::InitResponse {
+            voters: self.status.voters.clone(),
+            already_initialized: true,
+        }))
+    }
+
+    async fn add_learner(
+        &self,
+        _request: Request<proto::AddLearnerRequest>,
+    ) -> Result<Response<proto::MembershipResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn change_membership(
+        &self,
+        _request: Request<proto::ChangeMembershipRequest>,
+    ) -> Result<Response<proto::MembershipResponse>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::NodeStatus>, Status> {
+        Ok(Response::new(self.status.clone()))
+    }
+}
+
+/// Reserves a port for a server started later, so member lists can name it.
+async fn reserve() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    (listener, addr)
+}
+
+#[tokio::test]
+async fn cluster_status_discovers_members_and_reports_unreachable_ones() {
+    let (listener_1, addr_1) = reserve().await;
+    let (listener_2, addr_2) = reserve().await;
+    let dead_3 = dead_address().await;
+    let voters = vec![
+        proto::Member {
+            id: 1,
+            addr: addr_1.clone(),
+        },
+        proto::Member {
+            id: 2,
+            addr: addr_2.clone(),
+        },
+        proto::Member {
+            id: 3,
+            addr: dead_3.clone(),
+        },
+    ];
+    let node_status = |id: u64, role: &str| proto::NodeStatus {
+        id,
+        role: role.to_string(),
+        term: 7,
+        leader_id: 1,
+        voters: voters.clone(),
+        ..proto::NodeStatus::default()
+    };
+    for (listener, status) in [
+        (listener_1, node_status(1, "leader")),
+        (listener_2, node_status(2, "follower")),
+    ] {
+        let router = Server::builder().add_service(AdminServiceServer::new(FakeAdmin { status }));
+        tokio::spawn(router.serve_with_incoming(TcpIncoming::from(listener)));
+    }
+    // Only node 1 is configured; nodes 2 and 3 come from its voter list.
+    let client = Client::with_config([addr_1.as_str()], fast_config()).expect("valid");
+    let cluster = client.cluster_status().await.expect("node 1 answers");
+
+    assert_eq!(cluster.leader, Some(1));
+    assert_eq!(cluster.term, 7);
+    let summary: Vec<(Option<u64>, String, bool)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.addr.clone(), n.reachable()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some(1), addr_1.clone(), true),
+            (Some(2), addr_2, true),
+            (Some(3), dead_3, false),
+        ]
+    );
+    assert!(cluster.nodes[2].error.is_some());
+
+    // init goes to the first endpoint and reports "already initialized".
+    let init = client.init(Vec::new()).await.expect("init");
+    assert!(init.already_initialized);
+    assert_eq!(init.voters.len(), 3);
+}
+
+#[tokio::test]
+async fn cluster_status_fails_only_when_no_node_answers() {
+    let client = Client::with_config([dead_address().await, dead_address().await], fast_config())
+        .expect("valid");
+    let error = client.cluster_status().await.expect_err("nobody home");
+    assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+}

@@ -1,0 +1,161 @@
+//! Starting and stopping a node: storage, Raft, and the gRPC server with the
+//! client services, the Raft service, health and reflection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use capkv_proto::v1::admin_service_server::AdminServiceServer;
+use capkv_proto::v1::internal::raft_service_server::RaftServiceServer;
+use capkv_proto::v1::kv_service_server::KvServiceServer;
+use capkv_proto::v1::sensor_service_server::SensorServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+
+use crate::config::NodeConfig;
+use crate::hlc::HybridClock;
+use crate::network::client::NetworkFactory;
+use crate::network::server::RaftServer;
+use crate::network::MAX_RAFT_MESSAGE_BYTES;
+use crate::service::admin::AdminApi;
+use crate::service::kv::KvApi;
+use crate::service::sensor::SensorApi;
+use crate::service::NodeContext;
+use crate::service::MAX_CLIENT_MESSAGE_BYTES;
+use crate::store;
+use crate::store::LogStore;
+use crate::store::ReadView;
+use crate::types::NodeId;
+use crate::types::Raft;
+
+/// Snapshots travel in chunks of this size: well under the Raft message limit.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+/// How long one snapshot chunk may take to send and, for the last chunk,
+/// install (an fsync and a tree load on a busy disk).
+pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
+/// How long shutdown waits for in-flight requests before dropping them.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+
+/// A started node. Drop it, or better call [`RunningNode::shutdown`].
+pub struct RunningNode {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+    pub raft: Raft,
+    reads: ReadView,
+    log: LogStore,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
+    let raft_config = openraft::Config {
+        cluster_name: "capkv".to_string(),
+        heartbeat_interval: config.heartbeat_interval_ms,
+        election_timeout_min: config.election_timeout_min_ms,
+        election_timeout_max: config.election_timeout_max_ms,
+        install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every_logs),
+        max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        ..Default::default()
+    };
+    Ok(raft_config.validate()?)
+}
+
+/// Starts a node serving on `listener` (bound by the caller, so tests can
+/// bind port 0). The node advertises the listener's address to peers.
+pub async fn start(config: &NodeConfig, listener: TcpListener) -> anyhow::Result<RunningNode> {
+    config.validate()?;
+    let addr = listener.local_addr()?;
+    let clock = Arc::new(HybridClock::new(config.id));
+    let (log_store, state_machine) =
+        store::open(&config.data_dir, clock.clone()).with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let reads = state_machine.read_view();
+    let source_ip = if addr.ip().is_unspecified() { None } else { Some(addr.ip()) };
+    let raft = Raft::new(config.id, Arc::new(raft_config(config)?), NetworkFactory::new(source_ip), log_store.clone(), state_machine)
+        .await
+        .context("starting raft")?;
+
+    let ctx = Arc::new(NodeContext {
+        id: config.id,
+        addr: addr.to_string(),
+        raft: raft.clone(),
+        reads: reads.clone(),
+        clock,
+        log: log_store.clone(),
+        peers: config.peers.clone(),
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<SensorServiceServer<SensorApi>>().await;
+    health_reporter.set_serving::<KvServiceServer<KvApi>>().await;
+    health_reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(capkv_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            SensorServiceServer::new(SensorApi::new(ctx.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+        )
+        .add_service(
+            KvServiceServer::new(KvApi::new(ctx.clone()))
+                .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_CLIENT_MESSAGE_BYTES),
+        )
+        .add_service(AdminServiceServer::new(AdminApi::new(ctx.clone())))
+        .add_service(
+            RaftServiceServer::new(RaftServer::new(raft.clone()))
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+        );
+    drop(ctx);
+
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
+    let (stop_server, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stopped.await;
+    }));
+    tracing::info!(id = config.id, %addr, data_dir = %config.data_dir.display(), "node started");
+    Ok(RunningNode { id: config.id, addr, raft, reads, log: log_store, stop_server: Some(stop_server), server })
+}
+
+impl RunningNode {
+    /// This node's applied state, read directly (no consistency check).
+    pub fn read_view(&self) -> ReadView {
+        self.reads.clone()
+    }
+
+    /// Stops serving, stops Raft and flushes storage.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
+        match tokio::time::timeout(grace, &mut self.server).await {
+            Ok(result) => result.context("server task")?.context("server")?,
+            Err(_) => {
+                tracing::warn!("requests still running after {SHUTDOWN_GRACE_MS} ms; dropping them");
+                self.server.abort();
+            }
+        }
+        self.raft.shutdown().await.context("stopping raft")?;
+        self.log.flush().await.context("flushing storage")?;
+        tracing::info!(id = self.id, "node stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! The sled key layout. Every tree, key and value encoding lives here.
+//!
+//! | tree            | key                                        | value                         |
+//! |-----------------|--------------------------------------------|-------------------------------|
+//! | `raft_log`      | log index, u64 big-endian                  | bincode `Entry`               |
+//! | `raft_state`    | `vote`, `committed`, `last_purged`         | bincode of the openraft type  |
+//! | `sm_meta`       | `last_applied`, `last_membership`, `app`   | bincode (`AppMeta` for `app`) |
+//! | `kv`            | the user key bytes                         | bincode `StoredValue`         |
+//! | `readings`      | u16 BE len(sensor) ++ sensor ++ u64 BE ts  | bincode `StoredReading`       |
+//! | `request_ids`   | the request id bytes                       | bincode `RememberedRequest`   |
+//! | `request_order` | apply sequence number, u64 big-endian      | the request id bytes          |
+//!
+//! Big-endian integers sort numerically as bytes, so a range of log indexes,
+//! or of one sensor's timestamps, is one ordered sled range. Prefixing the
+//! sensor id with its length keeps `a` and `ab` apart: all readings of a sensor
+//! share a prefix no other sensor has.
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::types::Version;
+use crate::types::WriteOutcome;
+
+pub const RAFT_LOG_TREE: &str = "raft_log";
+pub const RAFT_STATE_TREE: &str = "raft_state";
+pub const SM_META_TREE: &str = "sm_meta";
+pub const KV_TREE: &str = "kv";
+pub const READINGS_TREE: &str = "readings";
+pub const REQUEST_IDS_TREE: &str = "request_ids";
+pub const REQUEST_ORDER_TREE: &str = "request_order";
+
+pub const VOTE_KEY: &[u8] = b"vote";
+pub const COMMITTED_KEY: &[u8] = b"committed";
+pub const LAST_PURGED_KEY: &[u8] = b"last_purged";
+pub const LAST_APPLIED_KEY: &[u8] = b"last_applied";
+pub const LAST_MEMBERSHIP_KEY: &[u8] = b"last_membership";
+pub const APP_META_KEY: &[u8] = b"app";
+
+pub fn log_index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// The prefix shared by every reading of `sensor_id`. Sensor ids are at most
+/// `MAX_SENSOR_ID_BYTES` (checked at the API), far below u16::MAX.
+pub fn sensor_prefix(sensor_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + sensor_id.len() + 8);
+    key.extend_from_slice(&(sensor_id.len() as u16).to_be_bytes());
+    key.extend_from_slice(sensor_id.as_bytes());
+    key
+}
+
+pub fn reading_key(sensor_id: &str, timestamp_ms: u64) -> Vec<u8> {
+    let mut key = sensor_prefix(sensor_id);
+    key.extend_from_slice(&timestamp_ms.to_be_bytes());
+    key
+}
+
+/// The timestamp of a key made by [`reading_key`].
+pub fn reading_key_timestamp(key: &[u8]) -> Option<u64> {
+    decode_u64(key.get(key.len().checked_sub(8)?..)?)
+}
+
+/// A generic key's current value. `value: None` is a tombstone: deletes are
+/// versioned like writes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StoredValue {
+    pub value: Option<Vec<u8>>,
+    pub version: Version,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StoredReading {
+    pub value: f64,
+    pub tags: Vec<(String, String)>,
+    pub version: Version,
+}
+
+/// The request-id table's entry: the outcome of the first application and its
+/// place in the retention order.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RememberedRequest {
+    pub sequence: u64,
+    pub outcome: WriteOutcome,
+}
+
+/// State-machine bookkeeping that is not openraft's.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct AppMeta {
+    /// The sequence number the next remembered request id gets.
+    pub next_request_sequence: u64,
+    /// The oldest sequence number still remembered.
+    pub oldest_request_sequence: u64,
+    /// The greatest version applied so far; a restarted node's clock starts
+    /// past it.
+    pub max_version: Version,
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // bincode only fails on types serde cannot represent, which ours are not.
+    bincode::serialize(value).expect("bincode encodes plain data")
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    bincode::deserialize(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_keys_of_one_sensor_sort_by_time_and_share_a_prefix() {
+        let early = reading_key("a", 5);
+        let late = reading_key("a", 300);
+        assert!(early < late);
+        assert!(early.starts_with(&sensor_prefix("a")));
+        // A sensor whose id extends another's is not inside its range.
+        assert!(!reading_key("ab", 1).starts_with(&sensor_prefix("a")));
+        assert_eq!(reading_key_timestamp(&late), Some(300));
+    }
+
+    #[test]
+    fn log_keys_sort_numerically() {
+        assert!(log_index_key(255) < log_index_key(256));
+        assert_eq!(decode_u64(&log_index_key(42)), Some(42));
+        assert_eq!(decode_u64(b"short"), None);
+    }
+}

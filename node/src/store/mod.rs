@@ -1,0 +1,48 @@
+//! Storage on sled: one database per node holds the Raft log, the vote, the
+//! state machine and the request-id table; snapshots live in files beside it.
+//!
+//! The sled key layout is documented in [`keys`], next to the code that
+//! encodes it.
+
+// openraft's storage traits return its `StorageError` (224 bytes); our helpers
+// return the same type rather than boxing and unboxing at every trait method.
+#![allow(clippy::result_large_err)]
+
+pub mod keys;
+pub mod log_store;
+pub mod state_machine;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use log_store::LogStore;
+pub use state_machine::ReadView;
+pub use state_machine::StateMachineStore;
+
+use crate::hlc::HybridClock;
+use crate::types::StorageError;
+
+/// sled's page cache, in bytes. Bounded so three nodes on one small machine
+/// fit next to each other; the working set of a sensor node is recent data.
+pub const SLED_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Opens (or creates) the node's sled database and snapshot directory under
+/// `data_dir`.
+pub fn open(data_dir: &Path, clock: Arc<HybridClock>) -> Result<(LogStore, StateMachineStore), StorageError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| openraft::StorageIOError::write(&e))?;
+    let db = sled::Config::new()
+        .path(data_dir.join("db"))
+        .cache_capacity(SLED_CACHE_CAPACITY_BYTES)
+        // Durability comes from our explicit flushes, not from a timer.
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| openraft::StorageIOError::write(&e))?;
+    let log_store = LogStore::open(&db)?;
+    let state_machine = StateMachineStore::open(&db, &data_dir.join("snapshots"), clock)?;
+    Ok((log_store, state_machine))
+}
+
+/// A sled or I/O failure as an openraft storage error.
+pub(crate) fn io_err(subject: openraft::ErrorSubject<u64>, verb: openraft::ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}

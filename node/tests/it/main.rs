@@ -1,0 +1,6 @@
+//! capkv-node's integration tests: one binary, one module per area.
+
+mod bad_input;
+mod cluster;
+mod replication;
+mod storage_suite;

@@ -1,0 +1,273 @@
+//! Replication through real in-process clusters: election, redirects,
+//! failover, restart, snapshot catch-up, idempotent retries.
+
+use capkv_proto::metadata;
+use capkv_proto::v1;
+
+use crate::cluster::eventually;
+use crate::cluster::local_value;
+use crate::cluster::write_options;
+use crate::cluster::TestCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_is_elected_and_followers_redirect_to_it() {
+    let cluster = TestCluster::start(3, |_| {}).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let status = cluster.admin(leader).await.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.role, "leader");
+    assert_eq!(status.voters.len(), 3);
+
+    let error = cluster
+        .kv(follower)
+        .await
+        .put(v1::PutRequest { key: "k".into(), value: "v".into(), options: None })
+        .await
+        .expect_err("a follower does not accept writes");
+    assert_eq!(error.code(), tonic::Code::Unavailable);
+    assert_eq!(error.metadata().get(metadata::LEADER_ID).unwrap().to_str().unwrap(), leader.to_string());
+    assert!(error.message().contains(&format!("leader is node {leader}")), "{}", error.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_any_node_are_readable_on_every_node() {
+    let cluster = TestCluster::start(3, |_| {}).await;
+    let mut last_index = 0;
+    for via in cluster.ids() {
+        let response = cluster.must_put(via, &format!("key-{via}"), &format!("value-{via}")).await;
+        last_index = last_index.max(response.meta.unwrap().session.unwrap().commit_index);
+    }
+    for via in cluster.ids() {
+        for written in cluster.ids() {
+            let got = cluster.must_get(via, &format!("key-{written}")).await;
+            assert!(got.found);
+            assert_eq!(got.value, format!("value-{written}").into_bytes());
+            assert_eq!(got.meta.unwrap().read_consistency, v1::ReadConsistency::Linearizable as i32);
+        }
+    }
+    // Every replica holds the same values, not just the leader.
+    cluster.wait_applied(last_index).await;
+    for id in cluster.ids() {
+        for written in cluster.ids() {
+            assert_eq!(local_value(&cluster.reads(id), &format!("key-{written}")), Some(format!("value-{written}")));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_batch_is_one_entry_and_ranges_page_in_order() {
+    let cluster = &TestCluster::start(3, |_| {}).await;
+    let readings: Vec<v1::Reading> = (0..25)
+        .map(|i| v1::Reading { sensor_id: "boiler-7".into(), timestamp_ms: 1_000 + i, value: i as f64, ..Default::default() })
+        .collect();
+    let before = cluster.applied_index(cluster.leader().await);
+    let request = v1::PutReadingsRequest { readings, options: Some(write_options("batch")) };
+    let response = cluster
+        .call(2, |id| {
+            let request = request.clone();
+            async move { cluster.sensors(id).await.put_readings(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(response.versions.len(), 25);
+    assert_eq!(response.meta.unwrap().session.unwrap().commit_index, before + 1, "one batch, one entry");
+
+    let mut pages = 0;
+    let mut seen = Vec::new();
+    let mut token = Vec::new();
+    loop {
+        let request = v1::RangeReadingsRequest {
+            sensor_id: "boiler-7".into(),
+            from_ms: Some(1_005),
+            to_ms: Some(1_019),
+            limit: 4,
+            page_token: token.clone(),
+            ..Default::default()
+        };
+        let page = cluster
+            .call(3, |id| {
+                let request = request.clone();
+                async move { cluster.sensors(id).await.range_readings(request).await.map(|r| r.into_inner()) }
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        seen.extend(page.readings.iter().map(|r| r.timestamp_ms));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, (1_005..=1_019).collect::<Vec<_>>());
+    assert_eq!(pages, 4);
+
+    let latest = cluster
+        .call(1, |id| async move {
+            let request = v1::LatestReadingRequest { sensor_id: "boiler-7".into(), options: None };
+            cluster.sensors(id).await.latest_reading(request).await.map(|r| r.into_inner())
+        })
+        .await
+        .unwrap();
+    let latest = latest.reading.unwrap();
+    assert_eq!((latest.timestamp_ms, latest.value), (1_024, 24.0));
+    assert!(latest.version.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_committed_write() {
+    let mut cluster = TestCluster::start(3, |_| {}).await;
+    for i in 0..10 {
+        cluster.must_put(1, &format!("before-{i}"), &format!("{i}")).await;
+    }
+    let old_leader = cluster.leader().await;
+    cluster.stop(old_leader).await;
+    let new_leader = cluster.leader().await;
+    assert_ne!(new_leader, old_leader);
+    let survivor = cluster.running()[0];
+    for i in 0..10 {
+        cluster.must_put(survivor, &format!("after-{i}"), &format!("{i}")).await;
+    }
+    for i in 0..10 {
+        for prefix in ["before", "after"] {
+            let got = cluster.must_get(survivor, &format!("{prefix}-{i}")).await;
+            assert_eq!(got.value, i.to_string().into_bytes(), "{prefix}-{i}");
+        }
+    }
+    // The old leader comes back and catches up with what it missed.
+    cluster.restart(old_leader).await;
+    let target = cluster.applied_index(new_leader);
+    cluster.wait_applied(target).await;
+    for i in 0..10 {
+        assert_eq!(local_value(&cluster.reads(old_leader), &format!("after-{i}")), Some(i.to_string()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cluster_has_all_its_data() {
+    let mut cluster = TestCluster::start(3, |_| {}).await;
+    for i in 0..10 {
+        cluster.must_put(2, &format!("k{i}"), &format!("v{i}")).await;
+    }
+    let shared = &cluster;
+    let deleted = shared
+        .call(1, |id| async move {
+            let request = v1::DeleteRequest { key: "k3".into(), options: Some(write_options("delete-k3")) };
+            shared.kv(id).await.delete(request).await.map(|r| r.into_inner())
+        })
+        .await
+        .unwrap();
+    assert!(deleted.existed);
+    for id in cluster.ids() {
+        cluster.stop(id).await;
+    }
+    for id in cluster.ids() {
+        cluster.restart(id).await;
+    }
+    cluster.leader().await;
+    for i in 0..10 {
+        let got = cluster.must_get(3, &format!("k{i}")).await;
+        if i == 3 {
+            assert!(!got.found, "a deleted key stays deleted");
+            assert_eq!(got.version, deleted.version, "the tombstone keeps its version");
+        } else {
+            assert_eq!(got.value, format!("v{i}").into_bytes());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::start(3, |config| {
+        config.snapshot_every_logs = 20;
+        config.logs_kept_after_snapshot = 5;
+    })
+    .await;
+    let leader = cluster.leader().await;
+    let lagging = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    cluster.stop(lagging).await;
+    let stopped_at = {
+        // The lagging node's log ended at most at the leader's last index now.
+        let metrics = cluster.node(leader).raft.metrics().borrow().clone();
+        metrics.last_log_index.unwrap_or(0)
+    };
+    for i in 0..100 {
+        cluster.must_put(leader, &format!("bulk-{i}"), &format!("{i}")).await;
+    }
+    // The leader compacted past what the lagging node has: only a snapshot
+    // can bring it up to date.
+    let purged = eventually("the leader to purge its log", || async {
+        let purged = cluster.node(leader).raft.metrics().borrow().purged.map(|l| l.index).unwrap_or(0);
+        (purged > stopped_at).then_some(purged)
+    })
+    .await;
+    assert!(purged > stopped_at);
+    cluster.restart(lagging).await;
+    let target = cluster.applied_index(leader);
+    cluster.wait_applied(target).await;
+    let snapshot = cluster.node(lagging).raft.metrics().borrow().snapshot;
+    assert!(snapshot.is_some_and(|s| s.index > stopped_at), "the lagging node installed a snapshot: {snapshot:?}");
+    for i in 0..100 {
+        assert_eq!(local_value(&cluster.reads(lagging), &format!("bulk-{i}")), Some(i.to_string()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_is_applied_once() {
+    let cluster = &TestCluster::start(3, |_| {}).await;
+    let put = |value: &str, id: &str| v1::PutRequest {
+        key: "retried".into(),
+        value: value.into(),
+        options: Some(v1::WriteOptions { request_id: id.into(), ..Default::default() }),
+    };
+    let send = |request: v1::PutRequest| {
+        async move {
+            cluster
+                .call(1, |id| {
+                    let request = request.clone();
+                    async move { cluster.kv(id).await.put(request).await.map(|r| r.into_inner()) }
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let first = send(put("one", "request-a")).await;
+    let second = send(put("two", "request-b")).await;
+    // A late retry of the first write: answered with its first outcome, and
+    // it does not overwrite the newer value.
+    let retry = send(put("one", "request-a")).await;
+    assert_eq!(retry.version, first.version);
+    assert_ne!(second.version, first.version);
+    assert_eq!(cluster.must_get(2, "retried").await.value, b"two".to_vec());
+
+    // The same for a readings batch: same versions, nothing applied twice.
+    let batch = v1::PutReadingsRequest {
+        readings: vec![v1::Reading { sensor_id: "s".into(), timestamp_ms: 7, value: 1.0, ..Default::default() }],
+        options: Some(v1::WriteOptions { request_id: b"batch-1".to_vec(), ..Default::default() }),
+    };
+    let mut versions = Vec::new();
+    for _ in 0..2 {
+        let response = cluster
+            .call(1, |id| {
+                let batch = batch.clone();
+                async move { cluster.sensors(id).await.put_readings(batch).await.map(|r| r.into_inner()) }
+            })
+            .await
+            .unwrap();
+        versions.push(response.versions);
+    }
+    assert_eq!(versions[0], versions[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strong_writes_over_a_key_get_increasing_versions() {
+    let cluster = TestCluster::start(3, |_| {}).await;
+    let mut previous = None;
+    for (i, via) in [1, 2, 3, 1, 2, 3].into_iter().enumerate() {
+        let version = cluster.must_put(via, "counter", &i.to_string()).await.version.unwrap();
+        let key = (version.physical_ms, version.logical, version.origin_node);
+        if let Some(previous) = previous {
+            assert!(key > previous, "{key:?} > {previous:?}");
+        }
+        previous = Some(key);
+    }
+}
