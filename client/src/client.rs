@@ -533,8 +533,9 @@ impl Client {
                             return Err(error);
                         }
                         last_error = Some(error);
-                                                let disagreement = redirected_by.contains(&leader_addr);
-                        redirected_by.push(target.clone());
+                        self.remember_leader(&leader_addr);
+                        let disagreement = redirected_by.contains(&leader_addr);
+                        redirected_by.push(std::mem::replace(&mut target, leader_addr));
                         if disagreement {
                             self.sleep_backoff(&mut backoffs, deadline).await;
                         }

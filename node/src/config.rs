@@ -62,7 +62,9 @@ impl NodeConfig {
         if self.id == 0 {
             bail!("--id must be at least 1 (0 means 'no node' in the API)");
         }
-        if self.heartbeat_interval_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_interval_ms {
+        if self.heartbeat_interval_ms == 0
+            || self.election_timeout_min_ms <= self.heartbeat_interval_ms
+        {
             bail!("the election timeout must be longer than the heartbeat interval, which must be positive");
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
@@ -79,10 +81,16 @@ impl NodeConfig {
 pub fn parse_peers(text: &str) -> anyhow::Result<BTreeMap<NodeId, String>> {
     let mut peers = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, addr) = item.split_once('=').with_context(|| format!("peer {item:?} is not id=ip:port"))?;
-        let id: NodeId = id.trim().parse().with_context(|| format!("peer id {id:?} is not a number"))?;
+        let (id, addr) = item
+            .split_once('=')
+            .with_context(|| format!("peer {item:?} is not id=ip:port"))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .with_context(|| format!("peer id {id:?} is not a number"))?;
         let addr = addr.trim();
-        addr.parse::<std::net::SocketAddr>().with_context(|| format!("peer {id} address {addr:?} is not ip:port"))?;
+        addr.parse::<std::net::SocketAddr>()
+            .with_context(|| format!("peer {id} address {addr:?} is not ip:port"))?;
         if peers.insert(id, addr.to_string()).is_some() {
             bail!("peer {id} is named twice");
         }
@@ -154,29 +162,57 @@ impl NodeArgs {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
-        let id = self.id.or(file.id).context("--id is required (or `id` in the config file)")?;
-        let listen = self.listen.or(file.listen).context("--listen is required (or `listen` in the config file)")?;
-        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("capkv-data/node{id}")));
+        let id = self
+            .id
+            .or(file.id)
+            .context("--id is required (or `id` in the config file)")?;
+        let listen = self
+            .listen
+            .or(file.listen)
+            .context("--listen is required (or `listen` in the config file)")?;
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(format!("capkv-data/node{id}")));
         let mut config = NodeConfig::new(id, listen, data_dir);
         if let Some(peers) = self.peers.or(file.peers) {
             config.peers = parse_peers(&peers)?;
         }
-        let pick = |flag: Option<u64>, file: Option<u64>, default: u64| flag.or(file).unwrap_or(default);
-        config.heartbeat_interval_ms = pick(self.heartbeat_interval_ms, file.heartbeat_interval_ms, config.heartbeat_interval_ms);
-        config.election_timeout_min_ms =
-            pick(self.election_timeout_min_ms, file.election_timeout_min_ms, config.election_timeout_min_ms);
-        config.election_timeout_max_ms =
-            pick(self.election_timeout_max_ms, file.election_timeout_max_ms, config.election_timeout_max_ms);
-        config.snapshot_every_logs = pick(self.snapshot_every_logs, file.snapshot_every_logs, config.snapshot_every_logs);
-        config.logs_kept_after_snapshot =
-            pick(self.logs_kept_after_snapshot, file.logs_kept_after_snapshot, config.logs_kept_after_snapshot);
+        let pick =
+            |flag: Option<u64>, file: Option<u64>, default: u64| flag.or(file).unwrap_or(default);
+        config.heartbeat_interval_ms = pick(
+            self.heartbeat_interval_ms,
+            file.heartbeat_interval_ms,
+            config.heartbeat_interval_ms,
+        );
+        config.election_timeout_min_ms = pick(
+            self.election_timeout_min_ms,
+            file.election_timeout_min_ms,
+            config.election_timeout_min_ms,
+        );
+        config.election_timeout_max_ms = pick(
+            self.election_timeout_max_ms,
+            file.election_timeout_max_ms,
+            config.election_timeout_max_ms,
+        );
+        config.snapshot_every_logs = pick(
+            self.snapshot_every_logs,
+            file.snapshot_every_logs,
+            config.snapshot_every_logs,
+        );
+        config.logs_kept_after_snapshot = pick(
+            self.logs_kept_after_snapshot,
+            file.logs_kept_after_snapshot,
+            config.logs_kept_after_snapshot,
+        );
         config.validate()?;
         Ok(config)
     }
 }
 
 fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -188,7 +224,12 @@ mod tests {
     fn peers_parse_and_reject_garbage() {
         let peers = parse_peers("1=127.0.0.11:7001, 2=127.0.0.12:7002").unwrap();
         assert_eq!(peers.get(&2).map(String::as_str), Some("127.0.0.12:7002"));
-        for bad in ["1", "x=127.0.0.1:1", "1=nohost", "1=127.0.0.1:1,1=127.0.0.1:2"] {
+        for bad in [
+            "1",
+            "x=127.0.0.1:1",
+            "1=nohost",
+            "1=127.0.0.1:1,1=127.0.0.1:2",
+        ] {
             assert!(parse_peers(bad).is_err(), "{bad} should be rejected");
         }
     }
@@ -197,22 +238,51 @@ mod tests {
     fn flags_override_the_file_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, "id = 2\nlisten = \"127.0.0.12:7002\"\nheartbeat_interval_ms = 50\n").unwrap();
-        let args = NodeArgs::parse_from(["capkv-node", "--config", path.to_str().unwrap(), "--listen", "127.0.0.1:9"]);
+        std::fs::write(
+            &path,
+            "id = 2\nlisten = \"127.0.0.12:7002\"\nheartbeat_interval_ms = 50\n",
+        )
+        .unwrap();
+        let args = NodeArgs::parse_from([
+            "capkv-node",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9",
+        ]);
         let config = args.into_config().unwrap();
         assert_eq!(config.id, 2);
         assert_eq!(config.listen, "127.0.0.1:9");
         assert_eq!(config.heartbeat_interval_ms, 50);
-        assert_eq!(config.election_timeout_min_ms, DEFAULT_ELECTION_TIMEOUT_MIN_MS);
+        assert_eq!(
+            config.election_timeout_min_ms,
+            DEFAULT_ELECTION_TIMEOUT_MIN_MS
+        );
     }
 
     #[test]
     fn unknown_file_keys_and_bad_timeouts_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, "id = 1\nlisten = \"127.0.0.1:1\"\nelection_timeout = 5\n").unwrap();
-        assert!(NodeArgs::parse_from(["capkv-node", "--config", path.to_str().unwrap()]).into_config().is_err());
-        let args = NodeArgs::parse_from(["capkv-node", "--id", "1", "--listen", "127.0.0.1:1", "--election-timeout-min-ms", "50"]);
+        std::fs::write(
+            &path,
+            "id = 1\nlisten = \"127.0.0.1:1\"\nelection_timeout = 5\n",
+        )
+        .unwrap();
+        assert!(
+            NodeArgs::parse_from(["capkv-node", "--config", path.to_str().unwrap()])
+                .into_config()
+                .is_err()
+        );
+        let args = NodeArgs::parse_from([
+            "capkv-node",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--election-timeout-min-ms",
+            "50",
+        ]);
         assert!(args.into_config().is_err());
     }
 }

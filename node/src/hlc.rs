@@ -20,7 +20,10 @@ pub struct HybridClock {
 }
 
 fn system_time_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl HybridClock {
@@ -29,7 +32,11 @@ impl HybridClock {
     }
 
     pub fn with_wall_clock(node_id: NodeId, wall_clock_ms: fn() -> u64) -> Self {
-        Self { node_id, last: Mutex::new((0, 0)), wall_clock_ms }
+        Self {
+            node_id,
+            last: Mutex::new((0, 0)),
+            wall_clock_ms,
+        }
     }
 
     /// A new stamp, greater than any issued or observed before.
@@ -44,7 +51,11 @@ impl HybridClock {
                 None => (last.0 + 1, 0),
             }
         };
-        Version { physical_ms: last.0, logical: last.1, origin_node: self.node_id }
+        Version {
+            physical_ms: last.0,
+            logical: last.1,
+            origin_node: self.node_id,
+        }
     }
 
     /// Moves the clock past a version seen in an entry or a request.
@@ -69,26 +80,66 @@ mod tests {
         let clock = HybridClock::with_wall_clock(1, frozen_clock);
         let a = clock.now();
         let b = clock.now();
-        assert_eq!(a, Version { physical_ms: 1_000, logical: 0, origin_node: 1 });
-        assert_eq!(b, Version { physical_ms: 1_000, logical: 1, origin_node: 1 });
+        assert_eq!(
+            a,
+            Version {
+                physical_ms: 1_000,
+                logical: 0,
+                origin_node: 1
+            }
+        );
+        assert_eq!(
+            b,
+            Version {
+                physical_ms: 1_000,
+                logical: 1,
+                origin_node: 1
+            }
+        );
     }
 
     #[test]
     fn a_stamp_after_observing_a_future_version_is_greater() {
         let clock = HybridClock::with_wall_clock(2, frozen_clock);
-        let remote = Version { physical_ms: 5_000, logical: 3, origin_node: 7 };
+        let remote = Version {
+            physical_ms: 5_000,
+            logical: 3,
+            origin_node: 7,
+        };
         clock.observe(remote);
         let next = clock.now();
         assert!(next > remote, "{next} > {remote}");
-        assert_eq!(next, Version { physical_ms: 5_000, logical: 4, origin_node: 2 });
+        assert_eq!(
+            next,
+            Version {
+                physical_ms: 5_000,
+                logical: 4,
+                origin_node: 2
+            }
+        );
     }
 
     #[test]
     fn observing_an_older_version_changes_nothing() {
         let clock = HybridClock::with_wall_clock(2, frozen_clock);
-        clock.observe(Version { physical_ms: 2_000, logical: 0, origin_node: 1 });
-        clock.observe(Version { physical_ms: 10, logical: 9, origin_node: 1 });
-        assert_eq!(clock.now(), Version { physical_ms: 2_000, logical: 1, origin_node: 2 });
+        clock.observe(Version {
+            physical_ms: 2_000,
+            logical: 0,
+            origin_node: 1,
+        });
+        clock.observe(Version {
+            physical_ms: 10,
+            logical: 9,
+            origin_node: 1,
+        });
+        assert_eq!(
+            clock.now(),
+            Version {
+                physical_ms: 2_000,
+                logical: 1,
+                origin_node: 2
+            }
+        );
     }
 
     #[test]

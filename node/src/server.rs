@@ -72,13 +72,23 @@ pub async fn start(config: &NodeConfig, listener: TcpListener) -> anyhow::Result
     config.validate()?;
     let addr = listener.local_addr()?;
     let clock = Arc::new(HybridClock::new(config.id));
-    let (log_store, state_machine) =
-        store::open(&config.data_dir, clock.clone()).with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let (log_store, state_machine) = store::open(&config.data_dir, clock.clone())
+        .with_context(|| format!("opening {}", config.data_dir.display()))?;
     let reads = state_machine.read_view();
-    let source_ip = if addr.ip().is_unspecified() { None } else { Some(addr.ip()) };
-    let raft = Raft::new(config.id, Arc::new(raft_config(config)?), NetworkFactory::new(source_ip), log_store.clone(), state_machine)
-        .await
-        .context("starting raft")?;
+    let source_ip = if addr.ip().is_unspecified() {
+        None
+    } else {
+        Some(addr.ip())
+    };
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config(config)?),
+        NetworkFactory::new(source_ip),
+        log_store.clone(),
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
 
     let ctx = Arc::new(NodeContext {
         id: config.id,
@@ -91,18 +101,32 @@ pub async fn start(config: &NodeConfig, listener: TcpListener) -> anyhow::Result
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<SensorServiceServer<SensorApi>>().await;
-    health_reporter.set_serving::<KvServiceServer<KvApi>>().await;
-    health_reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(capkv_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    health_reporter
+        .set_serving::<SensorServiceServer<SensorApi>>()
+        .await;
+    health_reporter
+        .set_serving::<KvServiceServer<KvApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServiceServer<AdminApi>>()
+        .await;
+    // Reflection in both versions: grpcurl and many IDEs still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(capkv_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .context("building the reflection service")?;
 
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(
             SensorServiceServer::new(SensorApi::new(ctx.clone()))
                 .max_decoding_message_size(MAX_CLIENT_MESSAGE_BYTES)
@@ -131,7 +155,15 @@ pub async fn start(config: &NodeConfig, listener: TcpListener) -> anyhow::Result
         let _ = stopped.await;
     }));
     tracing::info!(id = config.id, %addr, data_dir = %config.data_dir.display(), "node started");
-    Ok(RunningNode { id: config.id, addr, raft, reads, log: log_store, stop_server: Some(stop_server), server })
+    Ok(RunningNode {
+        id: config.id,
+        addr,
+        raft,
+        reads,
+        log: log_store,
+        stop_server: Some(stop_server),
+        server,
+    })
 }
 
 impl RunningNode {
@@ -149,7 +181,9 @@ impl RunningNode {
         match tokio::time::timeout(grace, &mut self.server).await {
             Ok(result) => result.context("server task")?.context("server")?,
             Err(_) => {
-                tracing::warn!("requests still running after {SHUTDOWN_GRACE_MS} ms; dropping them");
+                tracing::warn!(
+                    "requests still running after {SHUTDOWN_GRACE_MS} ms; dropping them"
+                );
                 self.server.abort();
             }
         }

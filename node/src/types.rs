@@ -29,7 +29,9 @@ pub type StorageError = openraft::StorageError<NodeId>;
 /// A value's version: a hybrid logical clock stamp and the node that stamped
 /// it. The derived order compares fields top to bottom, which is the total
 /// order `(hlc, origin_node)` of DESIGN.md.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 pub struct Version {
     pub physical_ms: u64,
     pub logical: u32,
@@ -42,15 +44,27 @@ impl Version {
     /// so versions of a CP key follow log order.
     pub fn successor(self, origin_node: NodeId) -> Version {
         match self.logical.checked_add(1) {
-            Some(logical) => Version { physical_ms: self.physical_ms, logical, origin_node },
-            None => Version { physical_ms: self.physical_ms + 1, logical: 0, origin_node },
+            Some(logical) => Version {
+                physical_ms: self.physical_ms,
+                logical,
+                origin_node,
+            },
+            None => Version {
+                physical_ms: self.physical_ms + 1,
+                logical: 0,
+                origin_node,
+            },
         }
     }
 }
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}@{}", self.physical_ms, self.logical, self.origin_node)
+        write!(
+            f,
+            "{}.{}@{}",
+            self.physical_ms, self.logical, self.origin_node
+        )
     }
 }
 
@@ -79,8 +93,13 @@ pub struct WriteCommand {
 pub enum WriteOp {
     /// All readings are applied together: one entry, all or nothing.
     PutReadings(Vec<ReadingWrite>),
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -119,7 +138,11 @@ mod tests {
 
     #[test]
     fn version_order_is_hlc_then_origin() {
-        let v = |p, l, o| Version { physical_ms: p, logical: l, origin_node: o };
+        let v = |p, l, o| Version {
+            physical_ms: p,
+            logical: l,
+            origin_node: o,
+        };
         let ordered = [v(1, 0, 3), v(1, 1, 1), v(1, 1, 2), v(2, 0, 1)];
         for pair in ordered.windows(2) {
             assert!(pair[0] < pair[1], "{} < {}", pair[0], pair[1]);
@@ -128,11 +151,33 @@ mod tests {
 
     #[test]
     fn successor_is_greater_and_carries_origin() {
-        let base = Version { physical_ms: 5, logical: 7, origin_node: 9 };
+        let base = Version {
+            physical_ms: 5,
+            logical: 7,
+            origin_node: 9,
+        };
         let next = base.successor(1);
         assert!(next > base);
-        assert_eq!(next, Version { physical_ms: 5, logical: 8, origin_node: 1 });
-        let full = Version { physical_ms: 5, logical: u32::MAX, origin_node: 1 };
-        assert_eq!(full.successor(2), Version { physical_ms: 6, logical: 0, origin_node: 2 });
+        assert_eq!(
+            next,
+            Version {
+                physical_ms: 5,
+                logical: 8,
+                origin_node: 1
+            }
+        );
+        let full = Version {
+            physical_ms: 5,
+            logical: u32::MAX,
+            origin_node: 1,
+        };
+        assert_eq!(
+            full.successor(2),
+            Version {
+                physical_ms: 6,
+                logical: 0,
+                origin_node: 2
+            }
+        );
     }
 }

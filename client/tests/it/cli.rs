@@ -123,8 +123,7 @@ impl SensorService for FakeNode {
             .lock()
             .unwrap()
             .values()
-            .filter(|r| r.sensor_id == sensor)
-            .next_back()
+            .rfind(|r| r.sensor_id == sensor)
             .cloned();
         Ok(Response::new(proto::LatestReadingResponse {
             meta: meta(),

@@ -54,7 +54,10 @@ impl NetworkFactory {
     /// `source_ip`: the address outgoing connections bind; `None` lets the
     /// OS choose (for wildcard listen addresses).
     pub fn new(source_ip: Option<IpAddr>) -> Self {
-        Self { source_ip, channels: Arc::new(Mutex::new(HashMap::new())) }
+        Self {
+            source_ip,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, NetworkError> {
@@ -77,7 +80,10 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerConnection { target, channel: self.channel(&node.addr) }
+        PeerConnection {
+            target,
+            channel: self.channel(&node.addr),
+        }
     }
 }
 
@@ -109,7 +115,8 @@ impl PeerConnection {
         E: std::error::Error + DeserializeOwned,
     {
         let channel = self.channel.clone().map_err(RPCError::Network)?;
-        let payload = bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload =
+            bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut message = tonic::Request::new(RaftMessage { payload });
         message.set_timeout(option.hard_ttl());
         let mut client = RaftServiceClient::new(channel)
@@ -122,11 +129,14 @@ impl PeerConnection {
         };
         let reply = reply.map_err(|status| match status.code() {
             // Connection-level failures: openraft backs off from unreachable peers.
-            tonic::Code::Unavailable | tonic::Code::Unknown => RPCError::Unreachable(Unreachable::new(&status)),
+            tonic::Code::Unavailable | tonic::Code::Unknown => {
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
-            bincode::deserialize(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            bincode::deserialize(&reply.into_inner().payload)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -154,11 +164,14 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         let truncated = keep < request.entries.len();
         request.entries.truncate(keep);
         let last_sent = request.entries.last().map(|e| e.log_id);
-        let response: AppendEntriesResponse<NodeId> = self.call(RaftRpc::AppendEntries, &request, &option).await?;
+        let response: AppendEntriesResponse<NodeId> =
+            self.call(RaftRpc::AppendEntries, &request, &option).await?;
         // The follower accepted only what we sent: report it as partial, so
         // openraft sends the rest next.
         Ok(match response {
-            AppendEntriesResponse::Success if truncated => AppendEntriesResponse::PartialSuccess(last_sent),
+            AppendEntriesResponse::Success if truncated => {
+                AppendEntriesResponse::PartialSuccess(last_sent)
+            }
             other => other,
         })
     }
@@ -167,8 +180,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         &mut self,
         request: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.call(RaftRpc::InstallSnapshot, &request, &option).await
     }
 

@@ -27,7 +27,8 @@ fn decode<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Statu
 }
 
 fn encode<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
-    let payload = bincode::serialize(result).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+    let payload = bincode::serialize(result)
+        .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
     Ok(Response::new(RaftMessage { payload }))
 }
 
@@ -37,11 +38,17 @@ impl RaftService for RaftServer {
         encode(&self.raft.vote(decode(request)?).await)
     }
 
-    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         encode(&self.raft.append_entries(decode(request)?).await)
     }
 
-    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         encode(&self.raft.install_snapshot(decode(request)?).await)
     }
 }

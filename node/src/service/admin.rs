@@ -36,10 +36,13 @@ impl AdminApi {
 
 fn member(id: NodeId, addr: &str) -> Result<(NodeId, BasicNode), ApiError> {
     if id == 0 {
-        return Err(ApiError::invalid("member id 0 is reserved for 'none'; ids start at 1"));
+        return Err(ApiError::invalid(
+            "member id 0 is reserved for 'none'; ids start at 1",
+        ));
     }
-    addr.parse::<SocketAddr>()
-        .map_err(|e| ApiError::invalid(format!("member {id} address {addr:?} is not ip:port: {e}")))?;
+    addr.parse::<SocketAddr>().map_err(|e| {
+        ApiError::invalid(format!("member {id} address {addr:?} is not ip:port: {e}"))
+    })?;
     Ok((id, BasicNode::new(addr)))
 }
 
@@ -47,16 +50,26 @@ fn members_of(membership: &StoredMembership) -> (Vec<v1::Member>, Vec<v1::Member
     let config = membership.membership();
     let to_member = |id: NodeId| v1::Member {
         id,
-        addr: config.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
+        addr: config
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default(),
     };
-    (config.voter_ids().map(to_member).collect(), config.learner_ids().map(to_member).collect())
+    (
+        config.voter_ids().map(to_member).collect(),
+        config.learner_ids().map(to_member).collect(),
+    )
 }
 
 impl AdminApi {
     fn membership_response(&self, log_index: u64) -> v1::MembershipResponse {
         let metrics = self.ctx.raft.metrics().borrow().clone();
         let (voters, learners) = members_of(&metrics.membership_config);
-        v1::MembershipResponse { voters, learners, log_index }
+        v1::MembershipResponse {
+            voters,
+            learners,
+            log_index,
+        }
     }
 
     fn current_voters(&self) -> Vec<v1::Member> {
@@ -66,19 +79,35 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    async fn init(&self, request: Request<v1::InitRequest>) -> Result<Response<v1::InitResponse>, Status> {
+    async fn init(
+        &self,
+        request: Request<v1::InitRequest>,
+    ) -> Result<Response<v1::InitResponse>, Status> {
         let request = request.into_inner();
         let ctx = &self.ctx;
         if request.members.len() > MAX_MEMBERS_PER_REQUEST {
-            return Err(ApiError::invalid(format!("members has more than {MAX_MEMBERS_PER_REQUEST} entries")).into());
+            return Err(ApiError::invalid(format!(
+                "members has more than {MAX_MEMBERS_PER_REQUEST} entries"
+            ))
+            .into());
         }
         let requested: Vec<(NodeId, String)> = if request.members.is_empty() {
-            ctx.peers.iter().map(|(id, addr)| (*id, addr.clone())).collect()
+            ctx.peers
+                .iter()
+                .map(|(id, addr)| (*id, addr.clone()))
+                .collect()
         } else {
-            request.members.iter().map(|m| (m.id, m.addr.clone())).collect()
+            request
+                .members
+                .iter()
+                .map(|m| (m.id, m.addr.clone()))
+                .collect()
         };
         if requested.is_empty() {
-            return Err(ApiError::invalid("members is empty and this node was started without --peers").into());
+            return Err(ApiError::invalid(
+                "members is empty and this node was started without --peers",
+            )
+            .into());
         }
         let mut members = BTreeMap::new();
         for (id, addr) in &requested {
@@ -88,20 +117,44 @@ impl AdminService for AdminApi {
             }
         }
         if !members.contains_key(&ctx.id) {
-            return Err(ApiError::invalid(format!("members must include this node ({})", ctx.id)).into());
+            return Err(
+                ApiError::invalid(format!("members must include this node ({})", ctx.id)).into(),
+            );
         }
-        if ctx.raft.is_initialized().await.map_err(|e| ApiError::from_fatal(ctx.id, e))? {
-            return Ok(Response::new(v1::InitResponse { voters: self.current_voters(), already_initialized: true }));
+        if ctx
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ApiError::from_fatal(ctx.id, e))?
+        {
+            return Ok(Response::new(v1::InitResponse {
+                voters: self.current_voters(),
+                already_initialized: true,
+            }));
         }
         // Answer with what was set: the metrics may not show it yet.
-        let voters = members.iter().map(|(id, node)| v1::Member { id: *id, addr: node.addr.clone() }).collect();
+        let voters = members
+            .iter()
+            .map(|(id, node)| v1::Member {
+                id: *id,
+                addr: node.addr.clone(),
+            })
+            .collect();
         match ctx.raft.initialize(members).await {
-            Ok(()) => Ok(Response::new(v1::InitResponse { voters, already_initialized: false })),
+            Ok(()) => Ok(Response::new(v1::InitResponse {
+                voters,
+                already_initialized: false,
+            })),
             // Someone initialized it between our check and now: fine.
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                Ok(Response::new(v1::InitResponse { voters: self.current_voters(), already_initialized: true }))
+                Ok(Response::new(v1::InitResponse {
+                    voters: self.current_voters(),
+                    already_initialized: true,
+                }))
             }
-            Err(RaftError::APIError(e @ InitializeError::NotInMembers(_))) => Err(ApiError::invalid(e.to_string()).into()),
+            Err(RaftError::APIError(e @ InitializeError::NotInMembers(_))) => {
+                Err(ApiError::invalid(e.to_string()).into())
+            }
             Err(RaftError::Fatal(e)) => Err(ApiError::from_fatal(ctx.id, e).into()),
         }
     }
@@ -115,9 +168,15 @@ impl AdminService for AdminApi {
             return Err(ApiError::invalid("member is missing").into());
         };
         let (id, node) = member(m.id, &m.addr)?;
-        let response =
-            self.ctx.raft.add_learner(id, node, request.blocking).await.map_err(|e| ApiError::from_write(self.ctx.id, e))?;
-        Ok(Response::new(self.membership_response(response.log_id.index)))
+        let response = self
+            .ctx
+            .raft
+            .add_learner(id, node, request.blocking)
+            .await
+            .map_err(|e| ApiError::from_write(self.ctx.id, e))?;
+        Ok(Response::new(
+            self.membership_response(response.log_id.index),
+        ))
     }
 
     async fn change_membership(
@@ -126,10 +185,15 @@ impl AdminService for AdminApi {
     ) -> Result<Response<v1::MembershipResponse>, Status> {
         let request = request.into_inner();
         if request.voters.is_empty() {
-            return Err(ApiError::invalid("voters is empty: a cluster needs at least one voter").into());
+            return Err(
+                ApiError::invalid("voters is empty: a cluster needs at least one voter").into(),
+            );
         }
         if request.voters.len() > MAX_MEMBERS_PER_REQUEST {
-            return Err(ApiError::invalid(format!("voters has more than {MAX_MEMBERS_PER_REQUEST} entries")).into());
+            return Err(ApiError::invalid(format!(
+                "voters has more than {MAX_MEMBERS_PER_REQUEST} entries"
+            ))
+            .into());
         }
         let voters: BTreeSet<NodeId> = request.voters.iter().copied().collect();
         let response = self
@@ -138,23 +202,37 @@ impl AdminService for AdminApi {
             .change_membership(voters, request.retain)
             .await
             .map_err(|e| ApiError::from_write(self.ctx.id, e))?;
-        Ok(Response::new(self.membership_response(response.log_id.index)))
+        Ok(Response::new(
+            self.membership_response(response.log_id.index),
+        ))
     }
 
-    async fn status(&self, _request: Request<v1::StatusRequest>) -> Result<Response<v1::NodeStatus>, Status> {
+    async fn status(
+        &self,
+        _request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::NodeStatus>, Status> {
         let ctx = &self.ctx;
         let metrics = ctx.raft.metrics().borrow().clone();
         let (voters, learners) = members_of(&metrics.membership_config);
         let leader_id = metrics.current_leader.unwrap_or(0);
         let leader_addr = metrics
             .current_leader
-            .and_then(|id| metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone()))
+            .and_then(|id| {
+                metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            })
             .unwrap_or_default();
         let replication = metrics
             .replication
             .iter()
             .flatten()
-            .map(|(id, matched)| v1::ReplicationProgress { node_id: *id, matched_index: matched.map(|l| l.index).unwrap_or(0) })
+            .map(|(id, matched)| v1::ReplicationProgress {
+                node_id: *id,
+                matched_index: matched.map(|l| l.index).unwrap_or(0),
+            })
             .collect();
         let is_voter = voters.iter().any(|m| m.id == ctx.id);
         Ok(Response::new(v1::NodeStatus {

@@ -19,7 +19,11 @@ pub enum ApiError {
     InvalidArgument(String),
     /// The request needs the leader and this node knows who it is.
     #[error("node {node} is not the leader; the leader is node {leader_id} at {leader_addr}")]
-    NotLeader { node: NodeId, leader_id: NodeId, leader_addr: String },
+    NotLeader {
+        node: NodeId,
+        leader_id: NodeId,
+        leader_addr: String,
+    },
     /// The request needs the leader and this node knows of none.
     #[error("node {node} knows no leader: an election is in progress or this node cannot reach a quorum")]
     NoLeader { node: NodeId },
@@ -42,9 +46,11 @@ impl ApiError {
 
     fn forward(node: NodeId, forward: ForwardToLeader<NodeId, BasicNode>) -> Self {
         match (forward.leader_id, forward.leader_node) {
-            (Some(leader_id), Some(leader)) if leader_id != node => {
-                ApiError::NotLeader { node, leader_id, leader_addr: leader.addr }
-            }
+            (Some(leader_id), Some(leader)) if leader_id != node => ApiError::NotLeader {
+                node,
+                leader_id,
+                leader_addr: leader.addr,
+            },
             _ => ApiError::NoLeader { node },
         }
     }
@@ -52,24 +58,40 @@ impl ApiError {
     fn fatal(node: NodeId, fatal: Fatal<NodeId>) -> Self {
         match fatal {
             Fatal::Stopped => ApiError::ShuttingDown { node },
-            other => ApiError::Storage { node, detail: other.to_string() },
+            other => ApiError::Storage {
+                node,
+                detail: other.to_string(),
+            },
         }
     }
 
-    pub fn from_write(node: NodeId, error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
+    pub fn from_write(
+        node: NodeId,
+        error: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    ) -> Self {
         match error {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => Self::forward(node, forward),
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ApiError::FailedPrecondition(e.to_string()),
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                Self::forward(node, forward)
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ApiError::FailedPrecondition(e.to_string())
+            }
             RaftError::Fatal(fatal) => Self::fatal(node, fatal),
         }
     }
 
-    pub fn from_read(node: NodeId, error: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> Self {
+    pub fn from_read(
+        node: NodeId,
+        error: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>,
+    ) -> Self {
         match error {
-            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => Self::forward(node, forward),
-            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)) => {
-                ApiError::NoQuorum { node, detail: e.to_string() }
+            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => {
+                Self::forward(node, forward)
             }
+            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)) => ApiError::NoQuorum {
+                node,
+                detail: e.to_string(),
+            },
             RaftError::Fatal(fatal) => Self::fatal(node, fatal),
         }
     }
@@ -79,7 +101,10 @@ impl ApiError {
     }
 
     pub fn from_storage(node: NodeId, error: crate::types::StorageError) -> Self {
-        ApiError::Storage { node, detail: error.to_string() }
+        ApiError::Storage {
+            node,
+            detail: error.to_string(),
+        }
     }
 }
 
@@ -88,7 +113,11 @@ impl From<ApiError> for Status {
         let message = error.to_string();
         match error {
             ApiError::InvalidArgument(_) => Status::invalid_argument(message),
-            ApiError::NotLeader { leader_id, leader_addr, .. } => {
+            ApiError::NotLeader {
+                leader_id,
+                leader_addr,
+                ..
+            } => {
                 let mut status = Status::unavailable(message);
                 let md = status.metadata_mut();
                 if let Ok(value) = leader_id.to_string().parse() {
@@ -99,9 +128,9 @@ impl From<ApiError> for Status {
                 }
                 status
             }
-            ApiError::NoLeader { .. } | ApiError::NoQuorum { .. } | ApiError::ShuttingDown { .. } => {
-                Status::unavailable(message)
-            }
+            ApiError::NoLeader { .. }
+            | ApiError::NoQuorum { .. }
+            | ApiError::ShuttingDown { .. } => Status::unavailable(message),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
             ApiError::Storage { .. } => Status::internal(message),
         }
@@ -114,16 +143,30 @@ mod tests {
 
     #[test]
     fn not_leader_carries_the_leader_in_metadata() {
-        let status = Status::from(ApiError::NotLeader { node: 3, leader_id: 1, leader_addr: "127.0.0.11:7001".into() });
+        let status = Status::from(ApiError::NotLeader {
+            node: 3,
+            leader_id: 1,
+            leader_addr: "127.0.0.11:7001".into(),
+        });
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(status.metadata().get(metadata::LEADER_ID).unwrap(), "1");
-        assert_eq!(status.metadata().get(metadata::LEADER_ADDR).unwrap(), "127.0.0.11:7001");
-        assert!(status.message().contains("leader is node 1"), "{}", status.message());
+        assert_eq!(
+            status.metadata().get(metadata::LEADER_ADDR).unwrap(),
+            "127.0.0.11:7001"
+        );
+        assert!(
+            status.message().contains("leader is node 1"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]
     fn forward_to_self_or_unknown_means_no_leader() {
         let unknown = ForwardToLeader::<NodeId, BasicNode>::empty();
-        assert!(matches!(ApiError::forward(2, unknown), ApiError::NoLeader { node: 2 }));
+        assert!(matches!(
+            ApiError::forward(2, unknown),
+            ApiError::NoLeader { node: 2 }
+        ));
     }
 }

@@ -26,39 +26,83 @@ impl KvApi {
 
 #[tonic::async_trait]
 impl KvService for KvApi {
-    async fn put(&self, request: Request<v1::PutRequest>) -> Result<Response<v1::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<v1::PutRequest>,
+    ) -> Result<Response<v1::PutResponse>, Status> {
         let request = request.into_inner();
         validate::key("key", &request.key)?;
         validate::value("value", &request.value)?;
         let request_id = validate::write_options(request.options.as_ref())?;
-        let committed = self.ctx.propose(request_id, WriteOp::Put { key: request.key, value: request.value }).await?;
+        let committed = self
+            .ctx
+            .propose(
+                request_id,
+                WriteOp::Put {
+                    key: request.key,
+                    value: request.value,
+                },
+            )
+            .await?;
         Ok(Response::new(v1::PutResponse {
             meta: Some(self.ctx.write_meta(committed.log_index)),
-            version: committed.outcome.versions.first().copied().map(to_proto_version),
+            version: committed
+                .outcome
+                .versions
+                .first()
+                .copied()
+                .map(to_proto_version),
         }))
     }
 
-    async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::GetResponse>, Status> {
         let request = request.into_inner();
         validate::key("key", &request.key)?;
         validate::read_options(request.options.as_ref())?;
         let read_index = self.ctx.linearizable_barrier().await?;
-        let stored = self.ctx.reads.get(&request.key).map_err(|e| ApiError::from_storage(self.ctx.id, e))?;
+        let stored = self
+            .ctx
+            .reads
+            .get(&request.key)
+            .map_err(|e| ApiError::from_storage(self.ctx.id, e))?;
         let (found, value, version) = match stored {
-            Some(stored) => (stored.value.is_some(), stored.value.unwrap_or_default(), Some(to_proto_version(stored.version))),
+            Some(stored) => (
+                stored.value.is_some(),
+                stored.value.unwrap_or_default(),
+                Some(to_proto_version(stored.version)),
+            ),
             None => (false, Vec::new(), None),
         };
-        Ok(Response::new(v1::GetResponse { meta: Some(self.ctx.linearizable_meta(read_index)), found, value, version }))
+        Ok(Response::new(v1::GetResponse {
+            meta: Some(self.ctx.linearizable_meta(read_index)),
+            found,
+            value,
+            version,
+        }))
     }
 
-    async fn delete(&self, request: Request<v1::DeleteRequest>) -> Result<Response<v1::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
         let request = request.into_inner();
         validate::key("key", &request.key)?;
         let request_id = validate::write_options(request.options.as_ref())?;
-        let committed = self.ctx.propose(request_id, WriteOp::Delete { key: request.key }).await?;
+        let committed = self
+            .ctx
+            .propose(request_id, WriteOp::Delete { key: request.key })
+            .await?;
         Ok(Response::new(v1::DeleteResponse {
             meta: Some(self.ctx.write_meta(committed.log_index)),
-            version: committed.outcome.versions.first().copied().map(to_proto_version),
+            version: committed
+                .outcome
+                .versions
+                .first()
+                .copied()
+                .map(to_proto_version),
             existed: committed.outcome.existed,
         }))
     }

@@ -51,17 +51,32 @@ pub struct Committed {
 }
 
 pub fn to_proto_version(version: Version) -> v1::Version {
-    v1::Version { physical_ms: version.physical_ms, logical: version.logical, origin_node: version.origin_node }
+    v1::Version {
+        physical_ms: version.physical_ms,
+        logical: version.logical,
+        origin_node: version.origin_node,
+    }
 }
 
 impl NodeContext {
     /// Proposes a STRONG write and waits until it is committed and applied
     /// here (the leader).
     pub async fn propose(&self, request_id: Vec<u8>, op: WriteOp) -> Result<Committed, ApiError> {
-        let command = Command::Write(WriteCommand { request_id, version: self.clock.now(), op });
-        let response = self.raft.client_write(command).await.map_err(|e| ApiError::from_write(self.id, e))?;
+        let command = Command::Write(WriteCommand {
+            request_id,
+            version: self.clock.now(),
+            op,
+        });
+        let response = self
+            .raft
+            .client_write(command)
+            .await
+            .map_err(|e| ApiError::from_write(self.id, e))?;
         match response.data {
-            CommandResult::Write(outcome) => Ok(Committed { outcome, log_index: response.log_id.index }),
+            CommandResult::Write(outcome) => Ok(Committed {
+                outcome,
+                log_index: response.log_id.index,
+            }),
             other => Err(ApiError::Storage {
                 node: self.id,
                 detail: format!("a write entry applied as {other:?}, not as a write"),
@@ -73,7 +88,11 @@ impl NodeContext {
     /// leader, confirmed it with a quorum, and applied up to the read index.
     /// Returns the read index.
     pub async fn linearizable_barrier(&self) -> Result<u64, ApiError> {
-        let read_log_id = self.raft.ensure_linearizable().await.map_err(|e| ApiError::from_read(self.id, e))?;
+        let read_log_id = self
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| ApiError::from_read(self.id, e))?;
         Ok(read_log_id.map(|id| id.index).unwrap_or(0))
     }
 
@@ -85,13 +104,19 @@ impl NodeContext {
             applied_index,
             term: metrics.current_term,
             includes_provisional: false,
-            session: Some(v1::SessionToken { commit_index: observed_index, ..Default::default() }),
+            session: Some(v1::SessionToken {
+                commit_index: observed_index,
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
 
     pub fn write_meta(&self, log_index: u64) -> v1::ResponseMeta {
-        v1::ResponseMeta { write_consistency: v1::WriteConsistency::Strong as i32, ..self.meta(log_index) }
+        v1::ResponseMeta {
+            write_consistency: v1::WriteConsistency::Strong as i32,
+            ..self.meta(log_index)
+        }
     }
 
     pub fn linearizable_meta(&self, read_index: u64) -> v1::ResponseMeta {

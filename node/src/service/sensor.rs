@@ -44,10 +44,18 @@ impl SensorService for SensorApi {
         let request = request.into_inner();
         let readings = validate::readings(&request.readings)?;
         let request_id = validate::write_options(request.options.as_ref())?;
-        let committed = self.ctx.propose(request_id, WriteOp::PutReadings(readings)).await?;
+        let committed = self
+            .ctx
+            .propose(request_id, WriteOp::PutReadings(readings))
+            .await?;
         Ok(Response::new(v1::PutReadingsResponse {
             meta: Some(self.ctx.write_meta(committed.log_index)),
-            versions: committed.outcome.versions.into_iter().map(to_proto_version).collect(),
+            versions: committed
+                .outcome
+                .versions
+                .into_iter()
+                .map(to_proto_version)
+                .collect(),
         }))
     }
 
@@ -59,7 +67,11 @@ impl SensorService for SensorApi {
         validate::sensor_id("sensor_id", &request.sensor_id)?;
         validate::read_options(request.options.as_ref())?;
         let read_index = self.ctx.linearizable_barrier().await?;
-        let row = self.ctx.reads.latest_reading(&request.sensor_id).map_err(|e| ApiError::from_storage(self.ctx.id, e))?;
+        let row = self
+            .ctx
+            .reads
+            .latest_reading(&request.sensor_id)
+            .map_err(|e| ApiError::from_storage(self.ctx.id, e))?;
         Ok(Response::new(v1::LatestReadingResponse {
             meta: Some(self.ctx.linearizable_meta(read_index)),
             reading: row.map(|row| to_proto_reading(&request.sensor_id, row)),
@@ -78,7 +90,13 @@ impl SensorService for SensorApi {
         let mut rows = self
             .ctx
             .reads
-            .range_readings(&request.sensor_id, query.from_ms, query.to_ms, query.limit as usize + 1, query.descending)
+            .range_readings(
+                &request.sensor_id,
+                query.from_ms,
+                query.to_ms,
+                query.limit as usize + 1,
+                query.descending,
+            )
             .map_err(|e| ApiError::from_storage(self.ctx.id, e))?;
         let next_page_token = if rows.len() > query.limit as usize {
             let next = rows.pop().expect("more rows than the limit");
@@ -88,7 +106,10 @@ impl SensorService for SensorApi {
         };
         Ok(Response::new(v1::RangeReadingsResponse {
             meta: Some(self.ctx.linearizable_meta(read_index)),
-            readings: rows.into_iter().map(|row| to_proto_reading(&request.sensor_id, row)).collect(),
+            readings: rows
+                .into_iter()
+                .map(|row| to_proto_reading(&request.sensor_id, row))
+                .collect(),
             next_page_token,
         }))
     }

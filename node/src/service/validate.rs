@@ -35,7 +35,10 @@ pub fn key(field: &str, key: &[u8]) -> Result<(), ApiError> {
         return Err(ApiError::invalid(format!("{field} is empty")));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(ApiError::invalid(format!("{field} is {} bytes, more than the limit of {MAX_KEY_BYTES}", key.len())));
+        return Err(ApiError::invalid(format!(
+            "{field} is {} bytes, more than the limit of {MAX_KEY_BYTES}",
+            key.len()
+        )));
     }
     Ok(())
 }
@@ -79,7 +82,8 @@ fn tags(field: &str, tags: &HashMap<String, String>) -> Result<Vec<(String, Stri
             tags.len()
         )));
     }
-    let mut sorted: Vec<(String, String)> = tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut sorted: Vec<(String, String)> =
+        tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     sorted.sort();
     for (key, value) in &sorted {
         if key.is_empty() || key.len() > MAX_TAG_KEY_BYTES {
@@ -100,7 +104,9 @@ fn tags(field: &str, tags: &HashMap<String, String>) -> Result<Vec<(String, Stri
 
 pub fn readings(readings: &[v1::Reading]) -> Result<Vec<ReadingWrite>, ApiError> {
     if readings.is_empty() {
-        return Err(ApiError::invalid("readings is empty: a batch needs at least one reading"));
+        return Err(ApiError::invalid(
+            "readings is empty: a batch needs at least one reading",
+        ));
     }
     if readings.len() > MAX_READINGS_PER_BATCH {
         return Err(ApiError::invalid(format!(
@@ -115,17 +121,27 @@ pub fn readings(readings: &[v1::Reading]) -> Result<Vec<ReadingWrite>, ApiError>
             sensor_id(&format!("readings[{i}].sensor_id"), &r.sensor_id)?;
             let timestamp_ms = timestamp(&format!("readings[{i}].timestamp_ms"), r.timestamp_ms)?;
             if !r.value.is_finite() {
-                return Err(ApiError::invalid(format!("readings[{i}].value is {}; values must be finite", r.value)));
+                return Err(ApiError::invalid(format!(
+                    "readings[{i}].value is {}; values must be finite",
+                    r.value
+                )));
             }
             let tags = tags(&format!("readings[{i}].tags"), &r.tags)?;
-            Ok(ReadingWrite { sensor_id: r.sensor_id.clone(), timestamp_ms, value: r.value, tags })
+            Ok(ReadingWrite {
+                sensor_id: r.sensor_id.clone(),
+                timestamp_ms,
+                value: r.value,
+                tags,
+            })
         })
         .collect()
 }
 
 /// Checks write options and returns the request id (empty: not deduplicated).
 pub fn write_options(options: Option<&v1::WriteOptions>) -> Result<Vec<u8>, ApiError> {
-    let Some(options) = options else { return Ok(Vec::new()) };
+    let Some(options) = options else {
+        return Ok(Vec::new());
+    };
     match v1::WriteConsistency::try_from(options.consistency) {
         Ok(v1::WriteConsistency::Unspecified | v1::WriteConsistency::Strong) => {}
         Err(_) => {
@@ -145,7 +161,9 @@ pub fn write_options(options: Option<&v1::WriteOptions>) -> Result<Vec<u8>, ApiE
 }
 
 pub fn read_options(options: Option<&v1::ReadOptions>) -> Result<(), ApiError> {
-    let Some(options) = options else { return Ok(()) };
+    let Some(options) = options else {
+        return Ok(());
+    };
     match v1::ReadConsistency::try_from(options.consistency) {
         Ok(v1::ReadConsistency::Unspecified | v1::ReadConsistency::Linearizable) => Ok(()),
         Err(_) => Err(ApiError::invalid(format!(
@@ -186,22 +204,30 @@ pub fn range(request: &v1::RangeReadingsRequest) -> Result<RangeQuery, ApiError>
         None => MAX_TIMESTAMP_MS as u64,
     };
     if from_ms > to_ms {
-        return Err(ApiError::invalid(format!("from_ms {from_ms} is after to_ms {to_ms}")));
+        return Err(ApiError::invalid(format!(
+            "from_ms {from_ms} is after to_ms {to_ms}"
+        )));
     }
     let limit = match request.limit {
         0 => DEFAULT_RANGE_LIMIT,
         n if n > MAX_RANGE_LIMIT => {
-            return Err(ApiError::invalid(format!("limit {n} is more than the maximum of {MAX_RANGE_LIMIT}")))
+            return Err(ApiError::invalid(format!(
+                "limit {n} is more than the maximum of {MAX_RANGE_LIMIT}"
+            )))
         }
         n => n,
     };
     if !request.page_token.is_empty() {
         let token = &request.page_token;
         if token.len() != PAGE_TOKEN_BYTES || token[0] > 1 {
-            return Err(ApiError::invalid("page_token is malformed: pass next_page_token from the previous page"));
+            return Err(ApiError::invalid(
+                "page_token is malformed: pass next_page_token from the previous page",
+            ));
         }
         if (token[0] == 1) != request.descending {
-            return Err(ApiError::invalid("page_token was made for the other direction (descending differs)"));
+            return Err(ApiError::invalid(
+                "page_token was made for the other direction (descending differs)",
+            ));
         }
         let resume_at = u64::from_be_bytes(token[1..].try_into().expect("length checked above"));
         if request.descending {
@@ -210,7 +236,12 @@ pub fn range(request: &v1::RangeReadingsRequest) -> Result<RangeQuery, ApiError>
             from_ms = from_ms.max(resume_at);
         }
     }
-    Ok(RangeQuery { from_ms, to_ms, limit, descending: request.descending })
+    Ok(RangeQuery {
+        from_ms,
+        to_ms,
+        limit,
+        descending: request.descending,
+    })
 }
 
 #[cfg(test)]
@@ -218,7 +249,12 @@ mod tests {
     use super::*;
 
     fn reading(sensor: &str, ts: i64, value: f64) -> v1::Reading {
-        v1::Reading { sensor_id: sensor.into(), timestamp_ms: ts, value, ..Default::default() }
+        v1::Reading {
+            sensor_id: sensor.into(),
+            timestamp_ms: ts,
+            value,
+            ..Default::default()
+        }
     }
 
     /// Each bad batch and the words its error must contain.
@@ -232,17 +268,32 @@ mod tests {
         let cases: Vec<(Vec<v1::Reading>, &str)> = vec![
             (vec![], "readings is empty"),
             (vec![reading("", 1, 1.0)], "readings[0].sensor_id is empty"),
-            (vec![reading("a", 1, 1.0), reading(&long, 1, 1.0)], "readings[1].sensor_id is 257 bytes"),
+            (
+                vec![reading("a", 1, 1.0), reading(&long, 1, 1.0)],
+                "readings[1].sensor_id is 257 bytes",
+            ),
             (vec![reading("a", 1, f64::NAN)], "readings[0].value is NaN"),
-            (vec![reading("a", 1, f64::INFINITY)], "readings[0].value is inf"),
-            (vec![reading("a", -1, 1.0)], "readings[0].timestamp_ms is -1"),
+            (
+                vec![reading("a", 1, f64::INFINITY)],
+                "readings[0].value is inf",
+            ),
+            (
+                vec![reading("a", -1, 1.0)],
+                "readings[0].timestamp_ms is -1",
+            ),
             (vec![reading("a", MAX_TIMESTAMP_MS + 1, 1.0)], "outside"),
             (vec![many_tags], "17 tags"),
-            (vec![reading("a", 1, 1.0); MAX_READINGS_PER_BATCH + 1], "more than the limit of 10000"),
+            (
+                vec![reading("a", 1, 1.0); MAX_READINGS_PER_BATCH + 1],
+                "more than the limit of 10000",
+            ),
         ];
         for (batch, expected) in cases {
             let error = readings(&batch).expect_err(expected).to_string();
-            assert!(error.contains(expected), "{error:?} should contain {expected:?}");
+            assert!(
+                error.contains(expected),
+                "{error:?} should contain {expected:?}"
+            );
         }
     }
 
@@ -252,13 +303,22 @@ mod tests {
         r.tags.insert("z".into(), "1".into());
         r.tags.insert("a".into(), "2".into());
         let checked = readings(&[r]).unwrap();
-        assert_eq!(checked[0].tags, vec![("a".into(), "2".into()), ("z".into(), "1".into())]);
+        assert_eq!(
+            checked[0].tags,
+            vec![("a".into(), "2".into()), ("z".into(), "1".into())]
+        );
     }
 
     #[test]
     fn keys_and_values_have_limits() {
-        assert!(key("key", b"").unwrap_err().to_string().contains("key is empty"));
-        assert!(key("key", &vec![b'k'; MAX_KEY_BYTES + 1]).unwrap_err().to_string().contains("1025 bytes"));
+        assert!(key("key", b"")
+            .unwrap_err()
+            .to_string()
+            .contains("key is empty"));
+        assert!(key("key", &vec![b'k'; MAX_KEY_BYTES + 1])
+            .unwrap_err()
+            .to_string()
+            .contains("1025 bytes"));
         assert!(key("key", &vec![b'k'; MAX_KEY_BYTES]).is_ok());
         assert!(value("value", &vec![0; MAX_VALUE_BYTES + 1]).is_err());
         assert!(value("value", &[]).is_ok());
@@ -266,31 +326,68 @@ mod tests {
 
     #[test]
     fn unknown_levels_and_long_request_ids_are_rejected() {
-        let options = v1::WriteOptions { consistency: 42, ..Default::default() };
-        assert!(write_options(Some(&options)).unwrap_err().to_string().contains("options.consistency 42"));
-        let options = v1::WriteOptions { request_id: vec![1; 65], ..Default::default() };
-        assert!(write_options(Some(&options)).unwrap_err().to_string().contains("request_id is 65 bytes"));
-        let options = v1::ReadOptions { consistency: 9, ..Default::default() };
+        let options = v1::WriteOptions {
+            consistency: 42,
+            ..Default::default()
+        };
+        assert!(write_options(Some(&options))
+            .unwrap_err()
+            .to_string()
+            .contains("options.consistency 42"));
+        let options = v1::WriteOptions {
+            request_id: vec![1; 65],
+            ..Default::default()
+        };
+        assert!(write_options(Some(&options))
+            .unwrap_err()
+            .to_string()
+            .contains("request_id is 65 bytes"));
+        let options = v1::ReadOptions {
+            consistency: 9,
+            ..Default::default()
+        };
         assert!(read_options(Some(&options)).is_err());
     }
 
     #[test]
     fn range_pages_resume_where_the_token_says() {
-        let mut request = v1::RangeReadingsRequest { sensor_id: "a".into(), from_ms: Some(10), to_ms: Some(100), ..Default::default() };
-        assert_eq!(range(&request).unwrap(), RangeQuery { from_ms: 10, to_ms: 100, limit: DEFAULT_RANGE_LIMIT, descending: false });
+        let mut request = v1::RangeReadingsRequest {
+            sensor_id: "a".into(),
+            from_ms: Some(10),
+            to_ms: Some(100),
+            ..Default::default()
+        };
+        assert_eq!(
+            range(&request).unwrap(),
+            RangeQuery {
+                from_ms: 10,
+                to_ms: 100,
+                limit: DEFAULT_RANGE_LIMIT,
+                descending: false
+            }
+        );
         request.page_token = encode_page_token(false, 50);
         assert_eq!(range(&request).unwrap().from_ms, 50);
         request.descending = true;
-        assert!(range(&request).unwrap_err().to_string().contains("other direction"));
+        assert!(range(&request)
+            .unwrap_err()
+            .to_string()
+            .contains("other direction"));
         request.page_token = encode_page_token(true, 40);
         assert_eq!(range(&request).unwrap().to_ms, 40);
         request.page_token = vec![0; 3];
-        assert!(range(&request).unwrap_err().to_string().contains("page_token is malformed"));
+        assert!(range(&request)
+            .unwrap_err()
+            .to_string()
+            .contains("page_token is malformed"));
         request.page_token.clear();
         request.limit = MAX_RANGE_LIMIT + 1;
         assert!(range(&request).is_err());
         request.limit = 5;
         request.from_ms = Some(200);
-        assert!(range(&request).unwrap_err().to_string().contains("after to_ms"));
+        assert!(range(&request)
+            .unwrap_err()
+            .to_string()
+            .contains("after to_ms"));
     }
 }

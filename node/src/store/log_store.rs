@@ -34,8 +34,15 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
-        let open = |name| db.open_tree(name).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e));
-        Ok(Self { db: db.clone(), log: open(keys::RAFT_LOG_TREE)?, state: open(keys::RAFT_STATE_TREE)? })
+        let open = |name| {
+            db.open_tree(name)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
+        };
+        Ok(Self {
+            db: db.clone(),
+            log: open(keys::RAFT_LOG_TREE)?,
+            state: open(keys::RAFT_STATE_TREE)?,
+        })
     }
 
     /// Writes everything to disk: the log, and the state machine's trees,
@@ -45,24 +52,43 @@ impl LogStore {
     }
 
     async fn flush_for(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
-        self.db.flush_async().await.map(|_| ()).map_err(|e| io_err(subject, ErrorVerb::Write, e))
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|e| io_err(subject, ErrorVerb::Write, e))
     }
 
-    fn read_state<T: for<'de> serde::Deserialize<'de>>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        let Some(bytes) = self.state.get(key).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))? else {
+    fn read_state<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self
+            .state
+            .get(key)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?
+        else {
             return Ok(None);
         };
-        keys::decode(&bytes).map(Some).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
+        keys::decode(&bytes)
+            .map(Some)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
     fn write_state<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
-        self.state.insert(key, keys::encode(value)).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        self.state
+            .insert(key, keys::encode(value))
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         Ok(())
     }
 
     /// The commit index last saved by openraft (for status reports).
     pub fn committed_index(&self) -> Option<u64> {
-        self.read_state::<Option<LogId>>(keys::COMMITTED_KEY).ok().flatten().flatten().map(|id| id.index)
+        self.read_state::<Option<LogId>>(keys::COMMITTED_KEY)
+            .ok()
+            .flatten()
+            .flatten()
+            .map(|id| id.index)
     }
 }
 
@@ -84,7 +110,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut entries = Vec::new();
         for item in self.log.range::<[u8; 8], _>((start, end)) {
             let (_, bytes) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let entry: Entry = keys::decode(&bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let entry: Entry =
+                keys::decode(&bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             entries.push(entry);
         }
         Ok(entries)
@@ -96,15 +123,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.read_state(keys::LAST_PURGED_KEY)?.flatten();
-        let last = self.log.last().map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let last = self
+            .log
+            .last()
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
         let last_log_id = match last {
             Some((_, bytes)) => {
-                let entry: Entry = keys::decode(&bytes).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let entry: Entry = keys::decode(&bytes)
+                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 Some(entry.log_id)
             }
             None => last_purged_log_id,
         };
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -127,20 +161,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_state::<Option<LogId>>(keys::COMMITTED_KEY)?.flatten())
+        Ok(self
+            .read_state::<Option<LogId>>(keys::COMMITTED_KEY)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            batch.insert(&keys::log_index_key(entry.log_id.index), keys::encode(&entry));
+            batch.insert(
+                &keys::log_index_key(entry.log_id.index),
+                keys::encode(&entry),
+            );
         }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let flushed = self
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other);
         callback.log_io_completed(flushed);
         Ok(())
     }
@@ -152,7 +202,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (key, _) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             batch.remove(key);
         }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         self.flush_for(ErrorSubject::Logs).await
     }
 
@@ -166,7 +218,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let (key, _) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
             batch.remove(key);
         }
-        self.log.apply_batch(batch).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         Ok(())
     }
 }

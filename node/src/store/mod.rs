@@ -28,7 +28,10 @@ pub const SLED_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Opens (or creates) the node's sled database and snapshot directory under
 /// `data_dir`.
-pub fn open(data_dir: &Path, clock: Arc<HybridClock>) -> Result<(LogStore, StateMachineStore), StorageError> {
+pub fn open(
+    data_dir: &Path,
+    clock: Arc<HybridClock>,
+) -> Result<(LogStore, StateMachineStore), StorageError> {
     std::fs::create_dir_all(data_dir).map_err(|e| openraft::StorageIOError::write(&e))?;
     let db = sled::Config::new()
         .path(data_dir.join("db"))
@@ -43,6 +46,10 @@ pub fn open(data_dir: &Path, clock: Arc<HybridClock>) -> Result<(LogStore, State
 }
 
 /// A sled or I/O failure as an openraft storage error.
-pub(crate) fn io_err(subject: openraft::ErrorSubject<u64>, verb: openraft::ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+pub(crate) fn io_err(
+    subject: openraft::ErrorSubject<u64>,
+    verb: openraft::ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
 }

@@ -75,7 +75,10 @@ struct StateTrees {
 
 impl StateTrees {
     fn open(db: &sled::Db) -> Result<Self, StorageError> {
-        let open = |name| db.open_tree(name).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e));
+        let open = |name| {
+            db.open_tree(name)
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))
+        };
         Ok(Self {
             meta: open(keys::SM_META_TREE)?,
             kv: open(keys::KV_TREE)?,
@@ -155,7 +158,11 @@ pub fn strong_write_version(entry_version: Version, current: Option<Version>) ->
 }
 
 impl StateMachineStore {
-    pub fn open(db: &sled::Db, snapshot_dir: &Path, clock: Arc<HybridClock>) -> Result<Self, StorageError> {
+    pub fn open(
+        db: &sled::Db,
+        snapshot_dir: &Path,
+        clock: Arc<HybridClock>,
+    ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(snapshot_dir).map_err(sm_write_err)?;
         let trees = StateTrees::open(db)?;
         let read = |key: &[u8]| trees.meta.get(key).map_err(sm_read_err);
@@ -177,10 +184,19 @@ impl StateMachineStore {
             },
             trees,
         };
-        if store.trees.meta.contains_key(INSTALLING_KEY).map_err(sm_read_err)? {
-            tracing::warn!("an interrupted snapshot install was found; installing the snapshot again");
+        if store
+            .trees
+            .meta
+            .contains_key(INSTALLING_KEY)
+            .map_err(sm_read_err)?
+        {
+            tracing::warn!(
+                "an interrupted snapshot install was found; installing the snapshot again"
+            );
             let snapshot = store.read_snapshot_file()?.ok_or_else(|| {
-                sm_read_err(std::io::Error::other("snapshot install was interrupted and the snapshot file is missing"))
+                sm_read_err(std::io::Error::other(
+                    "snapshot install was interrupted and the snapshot file is missing",
+                ))
             })?;
             store.load_snapshot(&snapshot.meta, &snapshot.data)?;
         }
@@ -189,7 +205,9 @@ impl StateMachineStore {
     }
 
     pub fn read_view(&self) -> ReadView {
-        ReadView { trees: self.trees.clone() }
+        ReadView {
+            trees: self.trees.clone(),
+        }
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -202,7 +220,9 @@ impl StateMachineStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e)),
         };
-        keys::decode(&bytes).map(Some).map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))
+        keys::decode(&bytes)
+            .map(Some)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))
     }
 
     /// Replaces the state with a snapshot's. Crash-safe through the
@@ -210,18 +230,27 @@ impl StateMachineStore {
     /// marker, and the marker removed only after the state is complete.
     fn load_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        let payload: SnapshotPayload = keys::decode(data).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+        let payload: SnapshotPayload =
+            keys::decode(data).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
         if payload.format != SNAPSHOT_FORMAT {
             return Err(io_err(
                 subject(),
                 ErrorVerb::Read,
-                std::io::Error::other(format!("snapshot format {} is not {SNAPSHOT_FORMAT}", payload.format)),
+                std::io::Error::other(format!(
+                    "snapshot format {} is not {SNAPSHOT_FORMAT}",
+                    payload.format
+                )),
             ));
         }
-        self.trees.meta.insert(INSTALLING_KEY, &[]).map_err(sm_write_err)?;
+        self.trees
+            .meta
+            .insert(INSTALLING_KEY, &[])
+            .map_err(sm_write_err)?;
         for (name, tree) in self.trees.data_trees() {
             tree.clear().map_err(sm_write_err)?;
-            let Some((_, rows)) = payload.trees.iter().find(|(n, _)| n == name) else { continue };
+            let Some((_, rows)) = payload.trees.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
             for chunk in rows.chunks(SNAPSHOT_LOAD_BATCH_ROWS) {
                 let mut batch = sled::Batch::default();
                 for (key, value) in chunk {
@@ -235,7 +264,10 @@ impl StateMachineStore {
         self.app = payload.app;
         let mut batch = sled::Batch::default();
         batch.insert(keys::LAST_APPLIED_KEY, keys::encode(&self.last_applied));
-        batch.insert(keys::LAST_MEMBERSHIP_KEY, keys::encode(&self.last_membership));
+        batch.insert(
+            keys::LAST_MEMBERSHIP_KEY,
+            keys::encode(&self.last_membership),
+        );
         batch.insert(keys::APP_META_KEY, keys::encode(&self.app));
         batch.remove(INSTALLING_KEY);
         self.trees.meta.apply_batch(batch).map_err(sm_write_err)?;
@@ -245,7 +277,10 @@ impl StateMachineStore {
     }
 
     fn write_snapshot_file(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
-        SnapshotFileWriter { dir: self.snapshot_dir.clone() }.write(snapshot)
+        SnapshotFileWriter {
+            dir: self.snapshot_dir.clone(),
+        }
+        .write(snapshot)
     }
 
     /// Applies entries in one transaction and returns one result per entry.
@@ -253,8 +288,14 @@ impl StateMachineStore {
         let t = &self.trees;
         let start_app = self.app.clone();
         let start_membership = self.last_membership.clone();
-        let outcome = (&t.meta, &t.kv, &t.readings, &t.request_ids, &t.request_order).transaction(
-            |(meta, kv, readings, request_ids, request_order)| {
+        let outcome = (
+            &t.meta,
+            &t.kv,
+            &t.readings,
+            &t.request_ids,
+            &t.request_order,
+        )
+            .transaction(|(meta, kv, readings, request_ids, request_order)| {
                 let mut app = start_app.clone();
                 let mut membership = start_membership.clone();
                 let mut last_applied = None;
@@ -267,14 +308,9 @@ impl StateMachineStore {
                             membership = StoredMembership::new(Some(entry.log_id), m.clone());
                             CommandResult::None
                         }
-                        EntryPayload::Normal(Command::Write(write)) => CommandResult::Write(apply_write(
-                            kv,
-                            readings,
-                            request_ids,
-                            request_order,
-                            &mut app,
-                            write,
-                        )?),
+                        EntryPayload::Normal(Command::Write(write)) => CommandResult::Write(
+                            apply_write(kv, readings, request_ids, request_order, &mut app, write)?,
+                        ),
                     };
                     results.push(result);
                 }
@@ -282,8 +318,7 @@ impl StateMachineStore {
                 meta.insert(keys::LAST_MEMBERSHIP_KEY, keys::encode(&membership))?;
                 meta.insert(keys::APP_META_KEY, keys::encode(&app))?;
                 Ok((results, app, membership, last_applied))
-            },
-        );
+            });
         let (results, app, membership, last_applied) = outcome.map_err(|e| match e {
             TransactionError::Abort(e) => sm_write_err(e),
             TransactionError::Storage(e) => sm_write_err(e),
@@ -308,7 +343,11 @@ impl StateMachineStore {
             }
             trees.push((name.to_string(), rows));
         }
-        Ok(SnapshotPayload { format: SNAPSHOT_FORMAT, app: self.app.clone(), trees })
+        Ok(SnapshotPayload {
+            format: SNAPSHOT_FORMAT,
+            app: self.app.clone(),
+            trees,
+        })
     }
 }
 
@@ -324,7 +363,10 @@ fn apply_write(
     if !write.request_id.is_empty() {
         if let Some(bytes) = request_ids.get(&write.request_id)? {
             let remembered: RememberedRequest = tx_decode(&bytes)?;
-            return Ok(WriteOutcome { deduplicated: true, ..remembered.outcome });
+            return Ok(WriteOutcome {
+                deduplicated: true,
+                ..remembered.outcome
+            });
         }
     }
     let mut outcome = WriteOutcome::default();
@@ -337,7 +379,11 @@ fn apply_write(
                     None => None,
                 };
                 let version = strong_write_version(write.version, current);
-                let stored = StoredReading { value: reading.value, tags: reading.tags.clone(), version };
+                let stored = StoredReading {
+                    value: reading.value,
+                    tags: reading.tags.clone(),
+                    version,
+                };
                 readings.insert(key, keys::encode(&stored))?;
                 outcome.versions.push(version);
             }
@@ -349,7 +395,13 @@ fn apply_write(
             };
             let version = strong_write_version(write.version, current.as_ref().map(|c| c.version));
             outcome.existed = current.is_some_and(|c| c.value.is_some());
-            kv.insert(key.as_slice(), keys::encode(&StoredValue { value: Some(value.clone()), version }))?;
+            kv.insert(
+                key.as_slice(),
+                keys::encode(&StoredValue {
+                    value: Some(value.clone()),
+                    version,
+                }),
+            )?;
             outcome.versions.push(version);
         }
         WriteOp::Delete { key } => {
@@ -359,7 +411,13 @@ fn apply_write(
             };
             let version = strong_write_version(write.version, current.as_ref().map(|c| c.version));
             outcome.existed = current.is_some_and(|c| c.value.is_some());
-            kv.insert(key.as_slice(), keys::encode(&StoredValue { value: None, version }))?;
+            kv.insert(
+                key.as_slice(),
+                keys::encode(&StoredValue {
+                    value: None,
+                    version,
+                }),
+            )?;
             outcome.versions.push(version);
         }
     }
@@ -382,12 +440,17 @@ fn remember_request(
     outcome: &WriteOutcome,
 ) -> TxResult<()> {
     let sequence = app.next_request_sequence;
-    let remembered = RememberedRequest { sequence, outcome: outcome.clone() };
+    let remembered = RememberedRequest {
+        sequence,
+        outcome: outcome.clone(),
+    };
     request_ids.insert(request_id, keys::encode(&remembered))?;
     request_order.insert(&keys::log_index_key(sequence), request_id)?;
     app.next_request_sequence += 1;
     while app.next_request_sequence - app.oldest_request_sequence > MAX_REMEMBERED_REQUESTS {
-        if let Some(old_id) = request_order.remove(&keys::log_index_key(app.oldest_request_sequence))? {
+        if let Some(old_id) =
+            request_order.remove(&keys::log_index_key(app.oldest_request_sequence))?
+        {
             request_ids.remove(old_id)?;
         }
         app.oldest_request_sequence += 1;
@@ -407,22 +470,40 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let payload = std::mem::replace(&mut self.payload, Err(sm_read_err(std::io::Error::other("snapshot already built"))))?;
+        let payload = std::mem::replace(
+            &mut self.payload,
+            Err(sm_read_err(std::io::Error::other("snapshot already built"))),
+        )?;
         let data = keys::encode(&payload);
-        let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let snapshot_id = match self.last_applied {
             Some(id) => format!("{}-{}-{unique}", id.leader_id.term, id.index),
             None => format!("0-0-{unique}"),
         };
-        let meta = SnapshotMeta { last_log_id: self.last_applied, last_membership: self.last_membership.clone(), snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.last_membership.clone(),
+            snapshot_id,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         // The state the snapshot covers must be on disk before openraft purges
         // the log entries it replaces.
         self.db.flush_async().await.map_err(sm_write_err)?;
-        let writer = SnapshotFileWriter { dir: self.store_dir.clone() };
+        let writer = SnapshotFileWriter {
+            dir: self.store_dir.clone(),
+        };
         writer.write(&stored)?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
     }
 }
 
@@ -434,13 +515,21 @@ struct SnapshotFileWriter {
 impl SnapshotFileWriter {
     fn write(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
         use std::io::Write;
-        let err = |e: std::io::Error| io_err(ErrorSubject::Snapshot(Some(snapshot.meta.signature())), ErrorVerb::Write, e);
+        let err = |e: std::io::Error| {
+            io_err(
+                ErrorSubject::Snapshot(Some(snapshot.meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        };
         let temporary = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         let mut file = std::fs::File::create(&temporary).map_err(err)?;
         file.write_all(&keys::encode(snapshot)).map_err(err)?;
         file.sync_all().map_err(err)?;
         std::fs::rename(&temporary, self.dir.join(SNAPSHOT_FILE)).map_err(err)?;
-        std::fs::File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(err)?;
+        std::fs::File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(err)?;
         Ok(())
     }
 }
@@ -474,8 +563,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
-        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
         self.write_snapshot_file(&stored)?;
         self.load_snapshot(meta, &stored.data)?;
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
@@ -483,7 +579,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.read_snapshot_file()?.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(self.read_snapshot_file()?.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }
 
@@ -503,7 +602,12 @@ impl ReadView {
     }
 
     pub fn latest_reading(&self, sensor_id: &str) -> Result<Option<ReadingRow>, StorageError> {
-        match self.trees.readings.scan_prefix(keys::sensor_prefix(sensor_id)).next_back() {
+        match self
+            .trees
+            .readings
+            .scan_prefix(keys::sensor_prefix(sensor_id))
+            .next_back()
+        {
             Some(row) => decode_reading_row(row).map(Some),
             None => Ok(None),
         }
@@ -522,16 +626,30 @@ impl ReadView {
         if from_ms > to_ms {
             return Ok(Vec::new());
         }
-        let range = self.trees.readings.range(keys::reading_key(sensor_id, from_ms)..=keys::reading_key(sensor_id, to_ms));
-        let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            if descending { Box::new(range.rev()) } else { Box::new(range) };
+        let range = self
+            .trees
+            .readings
+            .range(keys::reading_key(sensor_id, from_ms)..=keys::reading_key(sensor_id, to_ms));
+        let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
         rows.take(limit).map(decode_reading_row).collect()
     }
 }
 
-fn decode_reading_row(row: sled::Result<(sled::IVec, sled::IVec)>) -> Result<ReadingRow, StorageError> {
+fn decode_reading_row(
+    row: sled::Result<(sled::IVec, sled::IVec)>,
+) -> Result<ReadingRow, StorageError> {
     let (key, value) = row.map_err(sm_read_err)?;
-    let timestamp_ms = keys::reading_key_timestamp(&key)
-        .ok_or_else(|| sm_read_err(std::io::Error::other("reading key shorter than its timestamp")))?;
-    Ok(ReadingRow { timestamp_ms, reading: keys::decode(&value).map_err(sm_read_err)? })
+    let timestamp_ms = keys::reading_key_timestamp(&key).ok_or_else(|| {
+        sm_read_err(std::io::Error::other(
+            "reading key shorter than its timestamp",
+        ))
+    })?;
+    Ok(ReadingRow {
+        timestamp_ms,
+        reading: keys::decode(&value).map_err(sm_read_err)?,
+    })
 }

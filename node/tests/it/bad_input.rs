@@ -8,7 +8,12 @@ use capkv_proto::v1;
 use crate::cluster::TestCluster;
 
 fn reading(sensor: &str, ts: i64, value: f64) -> v1::Reading {
-    v1::Reading { sensor_id: sensor.into(), timestamp_ms: ts, value, ..Default::default() }
+    v1::Reading {
+        sensor_id: sensor.into(),
+        timestamp_ms: ts,
+        value,
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,67 +21,162 @@ async fn each_bad_request_is_invalid_argument_and_changes_nothing() {
     let cluster = TestCluster::start(3, |_| {}).await;
     let leader = cluster.leader().await;
     let applied_before = cluster.applied_index(leader);
-    let too_many_tags: HashMap<String, String> = (0..17).map(|i| (format!("t{i}"), "v".to_string())).collect();
+    let too_many_tags: HashMap<String, String> = (0..17)
+        .map(|i| (format!("t{i}"), "v".to_string()))
+        .collect();
 
     // (case, expected words in the message, the call's result)
     let mut outcomes: Vec<(&str, &str, Result<(), tonic::Status>)> = Vec::new();
     let mut sensors = cluster.sensors(leader).await;
     let mut kv = cluster.kv(leader).await;
     let readings_cases: Vec<(&str, &str, Vec<v1::Reading>)> = vec![
-        ("empty sensor id", "readings[0].sensor_id is empty", vec![reading("", 1, 1.0)]),
-        ("long sensor id", "readings[0].sensor_id is 257 bytes", vec![reading(&"s".repeat(257), 1, 1.0)]),
-        ("NaN", "readings[1].value is NaN", vec![reading("ok", 1, 1.0), reading("ok", 2, f64::NAN)]),
-        ("infinity", "value is -inf", vec![reading("ok", 1, f64::NEG_INFINITY)]),
-        ("negative timestamp", "timestamp_ms is -5", vec![reading("ok", -5, 1.0)]),
-        ("timestamp after 9999", "outside", vec![reading("ok", 253_402_300_800_000, 1.0)]),
-        ("oversize batch", "more than the limit of 10000", vec![reading("ok", 1, 1.0); 10_001]),
+        (
+            "empty sensor id",
+            "readings[0].sensor_id is empty",
+            vec![reading("", 1, 1.0)],
+        ),
+        (
+            "long sensor id",
+            "readings[0].sensor_id is 257 bytes",
+            vec![reading(&"s".repeat(257), 1, 1.0)],
+        ),
+        (
+            "NaN",
+            "readings[1].value is NaN",
+            vec![reading("ok", 1, 1.0), reading("ok", 2, f64::NAN)],
+        ),
+        (
+            "infinity",
+            "value is -inf",
+            vec![reading("ok", 1, f64::NEG_INFINITY)],
+        ),
+        (
+            "negative timestamp",
+            "timestamp_ms is -5",
+            vec![reading("ok", -5, 1.0)],
+        ),
+        (
+            "timestamp after 9999",
+            "outside",
+            vec![reading("ok", 253_402_300_800_000, 1.0)],
+        ),
+        (
+            "oversize batch",
+            "more than the limit of 10000",
+            vec![reading("ok", 1, 1.0); 10_001],
+        ),
         ("empty batch", "readings is empty", vec![]),
         (
             "too many tags",
             "17 tags",
-            vec![v1::Reading { tags: too_many_tags, ..reading("ok", 1, 1.0) }],
+            vec![v1::Reading {
+                tags: too_many_tags,
+                ..reading("ok", 1, 1.0)
+            }],
         ),
     ];
     for (case, expected, readings) in readings_cases {
-        let result = sensors.put_readings(v1::PutReadingsRequest { readings, options: None }).await.map(|_| ());
+        let result = sensors
+            .put_readings(v1::PutReadingsRequest {
+                readings,
+                options: None,
+            })
+            .await
+            .map(|_| ());
         outcomes.push((case, expected, result));
     }
-    let put = |key: Vec<u8>, value: Vec<u8>| v1::PutRequest { key, value, options: None };
+    let put = |key: Vec<u8>, value: Vec<u8>| v1::PutRequest {
+        key,
+        value,
+        options: None,
+    };
     for (case, expected, request) in [
         ("empty key", "key is empty", put(vec![], b"v".to_vec())),
-        ("long key", "key is 1025 bytes", put(vec![b'k'; 1025], b"v".to_vec())),
-        ("long value", "value is 1048577 bytes", put(b"k".to_vec(), vec![0; 1024 * 1024 + 1])),
+        (
+            "long key",
+            "key is 1025 bytes",
+            put(vec![b'k'; 1025], b"v".to_vec()),
+        ),
+        (
+            "long value",
+            "value is 1048577 bytes",
+            put(b"k".to_vec(), vec![0; 1024 * 1024 + 1]),
+        ),
         (
             "unknown write level",
             "options.consistency 99",
-            v1::PutRequest { options: Some(v1::WriteOptions { consistency: 99, ..Default::default() }), ..put(b"k".to_vec(), b"v".to_vec()) },
+            v1::PutRequest {
+                options: Some(v1::WriteOptions {
+                    consistency: 99,
+                    ..Default::default()
+                }),
+                ..put(b"k".to_vec(), b"v".to_vec())
+            },
         ),
     ] {
         outcomes.push((case, expected, kv.put(request).await.map(|_| ())));
     }
-    let get = kv.get(v1::GetRequest { key: vec![], options: None }).await.map(|_| ());
+    let get = kv
+        .get(v1::GetRequest {
+            key: vec![],
+            options: None,
+        })
+        .await
+        .map(|_| ());
     outcomes.push(("get with empty key", "key is empty", get));
-    let delete = kv.delete(v1::DeleteRequest { key: vec![b'k'; 2000], options: None }).await.map(|_| ());
+    let delete = kv
+        .delete(v1::DeleteRequest {
+            key: vec![b'k'; 2000],
+            options: None,
+        })
+        .await
+        .map(|_| ());
     outcomes.push(("delete with long key", "key is 2000 bytes", delete));
-    let latest = sensors.latest_reading(v1::LatestReadingRequest { sensor_id: String::new(), options: None }).await.map(|_| ());
+    let latest = sensors
+        .latest_reading(v1::LatestReadingRequest {
+            sensor_id: String::new(),
+            options: None,
+        })
+        .await
+        .map(|_| ());
     outcomes.push(("latest with empty sensor", "sensor_id is empty", latest));
     let range = sensors
-        .range_readings(v1::RangeReadingsRequest { sensor_id: "ok".into(), limit: 10_001, ..Default::default() })
+        .range_readings(v1::RangeReadingsRequest {
+            sensor_id: "ok".into(),
+            limit: 10_001,
+            ..Default::default()
+        })
         .await
         .map(|_| ());
     outcomes.push(("range limit too high", "limit 10001", range));
     let token = sensors
-        .range_readings(v1::RangeReadingsRequest { sensor_id: "ok".into(), page_token: vec![1, 2], ..Default::default() })
+        .range_readings(v1::RangeReadingsRequest {
+            sensor_id: "ok".into(),
+            page_token: vec![1, 2],
+            ..Default::default()
+        })
         .await
         .map(|_| ());
     outcomes.push(("garbage page token", "page_token is malformed", token));
 
     for (case, expected, result) in outcomes {
         let status = result.expect_err(case);
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{case}: {status:?}");
-        assert!(status.message().contains(expected), "{case}: {:?} should contain {expected:?}", status.message());
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{case}: {status:?}"
+        );
+        assert!(
+            status.message().contains(expected),
+            "{case}: {:?} should contain {expected:?}",
+            status.message()
+        );
     }
     // Nothing was proposed: the log did not move and no reading exists.
     assert_eq!(cluster.applied_index(leader), applied_before);
-    assert!(cluster.reads(leader).latest_reading("ok").unwrap().is_none());
+    assert!(cluster
+        .reads(leader)
+        .latest_reading("ok")
+        .unwrap()
+        .is_none());
 }

@@ -53,7 +53,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {WAIT_LIMIT:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT_LIMIT:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -69,21 +72,39 @@ impl TestCluster {
             addrs.insert(id, listener.local_addr().expect("local addr"));
             listeners.insert(id, listener);
         }
-        let peers: BTreeMap<u64, String> = addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
+        let peers: BTreeMap<u64, String> =
+            addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
         let mut configs = BTreeMap::new();
         for id in 1..=size {
-            let mut config = NodeConfig::new(id, addrs[&id].to_string(), dir.path().join(format!("node{id}")));
+            let mut config = NodeConfig::new(
+                id,
+                addrs[&id].to_string(),
+                dir.path().join(format!("node{id}")),
+            );
             config.peers = peers.clone();
             fast_config(&mut config);
             tweak(&mut config);
             configs.insert(id, config);
         }
-        let mut cluster = Self { _dir: dir, configs, addrs, nodes: BTreeMap::new() };
+        let mut cluster = Self {
+            _dir: dir,
+            configs,
+            addrs,
+            nodes: BTreeMap::new(),
+        };
         for (id, listener) in listeners {
-            let node = capkv_node::start(&cluster.configs[&id], listener).await.expect("start node");
+            let node = capkv_node::start(&cluster.configs[&id], listener)
+                .await
+                .expect("start node");
             cluster.nodes.insert(id, node);
         }
-        let init = cluster.admin(1).await.init(v1::InitRequest::default()).await.expect("init").into_inner();
+        let init = cluster
+            .admin(1)
+            .await
+            .init(v1::InitRequest::default())
+            .await
+            .expect("init")
+            .into_inner();
         assert!(!init.already_initialized);
         assert_eq!(init.voters.len() as u64, size);
         cluster.leader().await;
@@ -99,7 +120,9 @@ impl TestCluster {
     }
 
     pub fn node(&self, id: u64) -> &RunningNode {
-        self.nodes.get(&id).unwrap_or_else(|| panic!("node {id} is not running"))
+        self.nodes
+            .get(&id)
+            .unwrap_or_else(|| panic!("node {id} is not running"))
     }
 
     pub fn reads(&self, id: u64) -> ReadView {
@@ -107,44 +130,69 @@ impl TestCluster {
     }
 
     pub async fn stop(&mut self, id: u64) {
-        let node = self.nodes.remove(&id).unwrap_or_else(|| panic!("node {id} is not running"));
+        let node = self
+            .nodes
+            .remove(&id)
+            .unwrap_or_else(|| panic!("node {id} is not running"));
         node.shutdown().await.expect("shutdown");
     }
 
     /// Restarts a stopped node on its old address and data directory.
     pub async fn restart(&mut self, id: u64) {
         assert!(!self.nodes.contains_key(&id), "node {id} is running");
-        let listener = TcpListener::bind(self.addrs[&id]).await.expect("rebind the node's address");
-        let node = capkv_node::start(&self.configs[&id], listener).await.expect("restart node");
+        let listener = TcpListener::bind(self.addrs[&id])
+            .await
+            .expect("rebind the node's address");
+        let node = capkv_node::start(&self.configs[&id], listener)
+            .await
+            .expect("restart node");
         self.nodes.insert(id, node);
     }
 
     /// Waits until every running node names the same leader, and returns it.
     pub async fn leader(&self) -> u64 {
         eventually("a leader every running node agrees on", || async {
-            let leaders: Vec<Option<u64>> =
-                self.nodes.values().map(|n| n.raft.metrics().borrow().current_leader).collect();
+            let leaders: Vec<Option<u64>> = self
+                .nodes
+                .values()
+                .map(|n| n.raft.metrics().borrow().current_leader)
+                .collect();
             let first = leaders.first().copied().flatten()?;
-            let agreed = leaders.iter().all(|l| *l == Some(first)) && self.nodes.contains_key(&first);
+            let agreed =
+                leaders.iter().all(|l| *l == Some(first)) && self.nodes.contains_key(&first);
             agreed.then_some(first)
         })
         .await
     }
 
     pub fn applied_index(&self, id: u64) -> u64 {
-        self.node(id).raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0)
+        self.node(id)
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0)
     }
 
     /// Waits until every running node has applied at least `index`.
     pub async fn wait_applied(&self, index: u64) {
-        eventually(&format!("every running node to apply index {index}"), || async {
-            self.nodes.keys().all(|id| self.applied_index(*id) >= index).then_some(())
-        })
+        eventually(
+            &format!("every running node to apply index {index}"),
+            || async {
+                self.nodes
+                    .keys()
+                    .all(|id| self.applied_index(*id) >= index)
+                    .then_some(())
+            },
+        )
         .await
     }
 
     async fn channel(&self, id: u64) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addrs[&id])).expect("uri").connect_lazy()
+        Channel::from_shared(format!("http://{}", self.addrs[&id]))
+            .expect("uri")
+            .connect_lazy()
     }
 
     pub async fn kv(&self, id: u64) -> KvServiceClient<Channel> {
@@ -160,7 +208,10 @@ impl TestCluster {
     }
 
     fn id_of(&self, addr: &str) -> Option<u64> {
-        self.addrs.iter().find(|(_, a)| a.to_string() == addr).map(|(id, _)| *id)
+        self.addrs
+            .iter()
+            .find(|(_, a)| a.to_string() == addr)
+            .map(|(id, _)| *id)
     }
 
     /// Sends a request to `first`, following not-leader redirects (and
@@ -175,8 +226,14 @@ impl TestCluster {
         let mut redirects = 0;
         loop {
             match send(target).await {
-                Err(status) if status.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < deadline => {
-                    let leader = status.metadata().get(metadata::LEADER_ADDR).and_then(|v| v.to_str().ok());
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    let leader = status
+                        .metadata()
+                        .get(metadata::LEADER_ADDR)
+                        .and_then(|v| v.to_str().ok());
                     match leader.and_then(|addr| self.id_of(addr)) {
                         Some(leader) if redirects < MAX_REDIRECTS => {
                             redirects += 1;
@@ -184,7 +241,11 @@ impl TestCluster {
                         }
                         _ => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
-                            target = *self.nodes.keys().find(|id| **id != target).unwrap_or(&target);
+                            target = *self
+                                .nodes
+                                .keys()
+                                .find(|id| **id != target)
+                                .unwrap_or(&target);
                         }
                     }
                 }
@@ -196,7 +257,11 @@ impl TestCluster {
     /// Puts a key through node `via` (redirected to the leader) and returns
     /// the response.
     pub async fn must_put(&self, via: u64, key: &str, value: &str) -> v1::PutResponse {
-        let request = v1::PutRequest { key: key.into(), value: value.into(), options: Some(write_options(key)) };
+        let request = v1::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            options: Some(write_options(key)),
+        };
         self.call(via, |id| {
             let request = request.clone();
             async move { self.kv(id).await.put(request).await.map(|r| r.into_inner()) }
@@ -207,7 +272,10 @@ impl TestCluster {
 
     /// A linearizable get through node `via` (redirected to the leader).
     pub async fn must_get(&self, via: u64, key: &str) -> v1::GetResponse {
-        let request = v1::GetRequest { key: key.into(), options: None };
+        let request = v1::GetRequest {
+            key: key.into(),
+            options: None,
+        };
         self.call(via, |id| {
             let request = request.clone();
             async move { self.kv(id).await.get(request).await.map(|r| r.into_inner()) }
@@ -221,10 +289,17 @@ impl TestCluster {
 pub fn write_options(seed: &str) -> v1::WriteOptions {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let unique = NEXT.fetch_add(1, Ordering::Relaxed);
-    v1::WriteOptions { request_id: format!("req-{seed}-{unique}").into_bytes(), ..Default::default() }
+    v1::WriteOptions {
+        request_id: format!("req-{seed}-{unique}").into_bytes(),
+        ..Default::default()
+    }
 }
 
 /// The value of `key` in a node's applied state, read directly.
 pub fn local_value(reads: &ReadView, key: &str) -> Option<String> {
-    reads.get(key.as_bytes()).expect("read").and_then(|v| v.value).map(|v| String::from_utf8(v).expect("utf-8"))
+    reads
+        .get(key.as_bytes())
+        .expect("read")
+        .and_then(|v| v.value)
+        .map(|v| String::from_utf8(v).expect("utf-8"))
 }

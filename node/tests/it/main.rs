@@ -2,5 +2,6 @@
 
 mod bad_input;
 mod cluster;
+mod observability;
 mod replication;
 mod storage_suite;

@@ -14,19 +14,43 @@ async fn a_leader_is_elected_and_followers_redirect_to_it() {
     let cluster = TestCluster::start(3, |_| {}).await;
     let leader = cluster.leader().await;
     let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
-    let status = cluster.admin(leader).await.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    let status = cluster
+        .admin(leader)
+        .await
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.role, "leader");
     assert_eq!(status.voters.len(), 3);
 
     let error = cluster
         .kv(follower)
         .await
-        .put(v1::PutRequest { key: "k".into(), value: "v".into(), options: None })
+        .put(v1::PutRequest {
+            key: "k".into(),
+            value: "v".into(),
+            options: None,
+        })
         .await
         .expect_err("a follower does not accept writes");
     assert_eq!(error.code(), tonic::Code::Unavailable);
-    assert_eq!(error.metadata().get(metadata::LEADER_ID).unwrap().to_str().unwrap(), leader.to_string());
-    assert!(error.message().contains(&format!("leader is node {leader}")), "{}", error.message());
+    assert_eq!(
+        error
+            .metadata()
+            .get(metadata::LEADER_ID)
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        leader.to_string()
+    );
+    assert!(
+        error
+            .message()
+            .contains(&format!("leader is node {leader}")),
+        "{}",
+        error.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +58,9 @@ async fn writes_through_any_node_are_readable_on_every_node() {
     let cluster = TestCluster::start(3, |_| {}).await;
     let mut last_index = 0;
     for via in cluster.ids() {
-        let response = cluster.must_put(via, &format!("key-{via}"), &format!("value-{via}")).await;
+        let response = cluster
+            .must_put(via, &format!("key-{via}"), &format!("value-{via}"))
+            .await;
         last_index = last_index.max(response.meta.unwrap().session.unwrap().commit_index);
     }
     for via in cluster.ids() {
@@ -42,14 +68,20 @@ async fn writes_through_any_node_are_readable_on_every_node() {
             let got = cluster.must_get(via, &format!("key-{written}")).await;
             assert!(got.found);
             assert_eq!(got.value, format!("value-{written}").into_bytes());
-            assert_eq!(got.meta.unwrap().read_consistency, v1::ReadConsistency::Linearizable as i32);
+            assert_eq!(
+                got.meta.unwrap().read_consistency,
+                v1::ReadConsistency::Linearizable as i32
+            );
         }
     }
     // Every replica holds the same values, not just the leader.
     cluster.wait_applied(last_index).await;
     for id in cluster.ids() {
         for written in cluster.ids() {
-            assert_eq!(local_value(&cluster.reads(id), &format!("key-{written}")), Some(format!("value-{written}")));
+            assert_eq!(
+                local_value(&cluster.reads(id), &format!("key-{written}")),
+                Some(format!("value-{written}"))
+            );
         }
     }
 }
@@ -58,19 +90,38 @@ async fn writes_through_any_node_are_readable_on_every_node() {
 async fn readings_batch_is_one_entry_and_ranges_page_in_order() {
     let cluster = &TestCluster::start(3, |_| {}).await;
     let readings: Vec<v1::Reading> = (0..25)
-        .map(|i| v1::Reading { sensor_id: "boiler-7".into(), timestamp_ms: 1_000 + i, value: i as f64, ..Default::default() })
+        .map(|i| v1::Reading {
+            sensor_id: "boiler-7".into(),
+            timestamp_ms: 1_000 + i,
+            value: i as f64,
+            ..Default::default()
+        })
         .collect();
     let before = cluster.applied_index(cluster.leader().await);
-    let request = v1::PutReadingsRequest { readings, options: Some(write_options("batch")) };
+    let request = v1::PutReadingsRequest {
+        readings,
+        options: Some(write_options("batch")),
+    };
     let response = cluster
         .call(2, |id| {
             let request = request.clone();
-            async move { cluster.sensors(id).await.put_readings(request).await.map(|r| r.into_inner()) }
+            async move {
+                cluster
+                    .sensors(id)
+                    .await
+                    .put_readings(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
         .unwrap();
     assert_eq!(response.versions.len(), 25);
-    assert_eq!(response.meta.unwrap().session.unwrap().commit_index, before + 1, "one batch, one entry");
+    assert_eq!(
+        response.meta.unwrap().session.unwrap().commit_index,
+        before + 1,
+        "one batch, one entry"
+    );
 
     let mut pages = 0;
     let mut seen = Vec::new();
@@ -87,7 +138,14 @@ async fn readings_batch_is_one_entry_and_ranges_page_in_order() {
         let page = cluster
             .call(3, |id| {
                 let request = request.clone();
-                async move { cluster.sensors(id).await.range_readings(request).await.map(|r| r.into_inner()) }
+                async move {
+                    cluster
+                        .sensors(id)
+                        .await
+                        .range_readings(request)
+                        .await
+                        .map(|r| r.into_inner())
+                }
             })
             .await
             .unwrap();
@@ -103,8 +161,16 @@ async fn readings_batch_is_one_entry_and_ranges_page_in_order() {
 
     let latest = cluster
         .call(1, |id| async move {
-            let request = v1::LatestReadingRequest { sensor_id: "boiler-7".into(), options: None };
-            cluster.sensors(id).await.latest_reading(request).await.map(|r| r.into_inner())
+            let request = v1::LatestReadingRequest {
+                sensor_id: "boiler-7".into(),
+                options: None,
+            };
+            cluster
+                .sensors(id)
+                .await
+                .latest_reading(request)
+                .await
+                .map(|r| r.into_inner())
         })
         .await
         .unwrap();
@@ -117,7 +183,9 @@ async fn readings_batch_is_one_entry_and_ranges_page_in_order() {
 async fn killing_the_leader_loses_no_committed_write() {
     let mut cluster = TestCluster::start(3, |_| {}).await;
     for i in 0..10 {
-        cluster.must_put(1, &format!("before-{i}"), &format!("{i}")).await;
+        cluster
+            .must_put(1, &format!("before-{i}"), &format!("{i}"))
+            .await;
     }
     let old_leader = cluster.leader().await;
     cluster.stop(old_leader).await;
@@ -125,7 +193,9 @@ async fn killing_the_leader_loses_no_committed_write() {
     assert_ne!(new_leader, old_leader);
     let survivor = cluster.running()[0];
     for i in 0..10 {
-        cluster.must_put(survivor, &format!("after-{i}"), &format!("{i}")).await;
+        cluster
+            .must_put(survivor, &format!("after-{i}"), &format!("{i}"))
+            .await;
     }
     for i in 0..10 {
         for prefix in ["before", "after"] {
@@ -138,7 +208,10 @@ async fn killing_the_leader_loses_no_committed_write() {
     let target = cluster.applied_index(new_leader);
     cluster.wait_applied(target).await;
     for i in 0..10 {
-        assert_eq!(local_value(&cluster.reads(old_leader), &format!("after-{i}")), Some(i.to_string()));
+        assert_eq!(
+            local_value(&cluster.reads(old_leader), &format!("after-{i}")),
+            Some(i.to_string())
+        );
     }
 }
 
@@ -146,13 +219,23 @@ async fn killing_the_leader_loses_no_committed_write() {
 async fn a_restarted_cluster_has_all_its_data() {
     let mut cluster = TestCluster::start(3, |_| {}).await;
     for i in 0..10 {
-        cluster.must_put(2, &format!("k{i}"), &format!("v{i}")).await;
+        cluster
+            .must_put(2, &format!("k{i}"), &format!("v{i}"))
+            .await;
     }
     let shared = &cluster;
     let deleted = shared
         .call(1, |id| async move {
-            let request = v1::DeleteRequest { key: "k3".into(), options: Some(write_options("delete-k3")) };
-            shared.kv(id).await.delete(request).await.map(|r| r.into_inner())
+            let request = v1::DeleteRequest {
+                key: "k3".into(),
+                options: Some(write_options("delete-k3")),
+            };
+            shared
+                .kv(id)
+                .await
+                .delete(request)
+                .await
+                .map(|r| r.into_inner())
         })
         .await
         .unwrap();
@@ -168,7 +251,10 @@ async fn a_restarted_cluster_has_all_its_data() {
         let got = cluster.must_get(3, &format!("k{i}")).await;
         if i == 3 {
             assert!(!got.found, "a deleted key stays deleted");
-            assert_eq!(got.version, deleted.version, "the tombstone keeps its version");
+            assert_eq!(
+                got.version, deleted.version,
+                "the tombstone keeps its version"
+            );
         } else {
             assert_eq!(got.value, format!("v{i}").into_bytes());
         }
@@ -191,12 +277,21 @@ async fn a_follower_far_behind_catches_up_by_snapshot() {
         metrics.last_log_index.unwrap_or(0)
     };
     for i in 0..100 {
-        cluster.must_put(leader, &format!("bulk-{i}"), &format!("{i}")).await;
+        cluster
+            .must_put(leader, &format!("bulk-{i}"), &format!("{i}"))
+            .await;
     }
     // The leader compacted past what the lagging node has: only a snapshot
     // can bring it up to date.
     let purged = eventually("the leader to purge its log", || async {
-        let purged = cluster.node(leader).raft.metrics().borrow().purged.map(|l| l.index).unwrap_or(0);
+        let purged = cluster
+            .node(leader)
+            .raft
+            .metrics()
+            .borrow()
+            .purged
+            .map(|l| l.index)
+            .unwrap_or(0);
         (purged > stopped_at).then_some(purged)
     })
     .await;
@@ -205,9 +300,15 @@ async fn a_follower_far_behind_catches_up_by_snapshot() {
     let target = cluster.applied_index(leader);
     cluster.wait_applied(target).await;
     let snapshot = cluster.node(lagging).raft.metrics().borrow().snapshot;
-    assert!(snapshot.is_some_and(|s| s.index > stopped_at), "the lagging node installed a snapshot: {snapshot:?}");
+    assert!(
+        snapshot.is_some_and(|s| s.index > stopped_at),
+        "the lagging node installed a snapshot: {snapshot:?}"
+    );
     for i in 0..100 {
-        assert_eq!(local_value(&cluster.reads(lagging), &format!("bulk-{i}")), Some(i.to_string()));
+        assert_eq!(
+            local_value(&cluster.reads(lagging), &format!("bulk-{i}")),
+            Some(i.to_string())
+        );
     }
 }
 
@@ -217,18 +318,26 @@ async fn a_retried_write_is_applied_once() {
     let put = |value: &str, id: &str| v1::PutRequest {
         key: "retried".into(),
         value: value.into(),
-        options: Some(v1::WriteOptions { request_id: id.into(), ..Default::default() }),
+        options: Some(v1::WriteOptions {
+            request_id: id.into(),
+            ..Default::default()
+        }),
     };
-    let send = |request: v1::PutRequest| {
-        async move {
-            cluster
-                .call(1, |id| {
-                    let request = request.clone();
-                    async move { cluster.kv(id).await.put(request).await.map(|r| r.into_inner()) }
-                })
-                .await
-                .unwrap()
-        }
+    let send = |request: v1::PutRequest| async move {
+        cluster
+            .call(1, |id| {
+                let request = request.clone();
+                async move {
+                    cluster
+                        .kv(id)
+                        .await
+                        .put(request)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await
+            .unwrap()
     };
     let first = send(put("one", "request-a")).await;
     let second = send(put("two", "request-b")).await;
@@ -241,15 +350,30 @@ async fn a_retried_write_is_applied_once() {
 
     // The same for a readings batch: same versions, nothing applied twice.
     let batch = v1::PutReadingsRequest {
-        readings: vec![v1::Reading { sensor_id: "s".into(), timestamp_ms: 7, value: 1.0, ..Default::default() }],
-        options: Some(v1::WriteOptions { request_id: b"batch-1".to_vec(), ..Default::default() }),
+        readings: vec![v1::Reading {
+            sensor_id: "s".into(),
+            timestamp_ms: 7,
+            value: 1.0,
+            ..Default::default()
+        }],
+        options: Some(v1::WriteOptions {
+            request_id: b"batch-1".to_vec(),
+            ..Default::default()
+        }),
     };
     let mut versions = Vec::new();
     for _ in 0..2 {
         let response = cluster
             .call(1, |id| {
                 let batch = batch.clone();
-                async move { cluster.sensors(id).await.put_readings(batch).await.map(|r| r.into_inner()) }
+                async move {
+                    cluster
+                        .sensors(id)
+                        .await
+                        .put_readings(batch)
+                        .await
+                        .map(|r| r.into_inner())
+                }
             })
             .await
             .unwrap();
@@ -263,7 +387,11 @@ async fn strong_writes_over_a_key_get_increasing_versions() {
     let cluster = TestCluster::start(3, |_| {}).await;
     let mut previous = None;
     for (i, via) in [1, 2, 3, 1, 2, 3].into_iter().enumerate() {
-        let version = cluster.must_put(via, "counter", &i.to_string()).await.version.unwrap();
+        let version = cluster
+            .must_put(via, "counter", &i.to_string())
+            .await
+            .version
+            .unwrap();
         let key = (version.physical_ms, version.logical, version.origin_node);
         if let Some(previous) = previous {
             assert!(key > previous, "{key:?} > {previous:?}");
