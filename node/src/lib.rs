@@ -7,6 +7,7 @@
 pub mod config;
 pub mod hlc;
 pub mod network;
+pub mod reconcile;
 pub mod server;
 pub mod service;
 pub mod store;
@@ -14,4 +15,5 @@ pub mod types;
 
 pub use config::NodeConfig;
 pub use server::start;
+pub use server::start_with_links;
 pub use server::RunningNode;

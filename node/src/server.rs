@@ -12,6 +12,8 @@ use capkv_proto::v1::kv_service_server::KvServiceServer;
 use capkv_proto::v1::sensor_service_server::SensorServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -20,11 +22,15 @@ use crate::config::NodeConfig;
 use crate::hlc::HybridClock;
 use crate::network::client::NetworkFactory;
 use crate::network::server::RaftServer;
+use crate::network::LeaderContact;
+use crate::network::LinkFilter;
+use crate::reconcile;
 use crate::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::service::admin::AdminApi;
 use crate::service::kv::KvApi;
 use crate::service::sensor::SensorApi;
 use crate::service::NodeContext;
+use crate::service::Timing;
 use crate::service::MAX_CLIENT_MESSAGE_BYTES;
 use crate::store;
 use crate::store::LogStore;
@@ -49,6 +55,8 @@ pub struct RunningNode {
     log: LogStore,
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    stop_reconciler: watch::Sender<bool>,
+    reconciler: JoinHandle<()>,
 }
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
@@ -69,23 +77,29 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
 /// Starts a node serving on `listener` (bound by the caller, so tests can
 /// bind port 0). The node advertises the listener's address to peers.
 pub async fn start(config: &NodeConfig, listener: TcpListener) -> anyhow::Result<RunningNode> {
+    start_with_links(config, listener, Arc::new(LinkFilter::default())).await
+}
+
+/// [`start`] with a link filter that tests use to cut links between nodes.
+pub async fn start_with_links(
+    config: &NodeConfig,
+    listener: TcpListener,
+    links: Arc<LinkFilter>,
+) -> anyhow::Result<RunningNode> {
     config.validate()?;
     let addr = listener.local_addr()?;
     let clock = Arc::new(HybridClock::new(config.id));
-    let (log_store, state_machine) = store::open(&config.data_dir, clock.clone())
-        .with_context(|| format!("opening {}", config.data_dir.display()))?;
-    let reads = state_machine.read_view();
-    let source_ip = if addr.ip().is_unspecified() {
-        None
-    } else {
-        Some(addr.ip())
-    };
+    let stores =
+        store::open(&config.data_dir, clock.clone()).with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let reads = stores.state_machine.read_view();
+    let source_ip = if addr.ip().is_unspecified() { None } else { Some(addr.ip()) };
+    let network = NetworkFactory::new(config.id, source_ip, links);
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(config)?),
-        NetworkFactory::new(source_ip),
-        log_store.clone(),
-        state_machine,
+        network.clone(),
+        stores.log.clone(),
+        stores.state_machine,
     )
     .await
     .context("starting raft")?;
@@ -95,33 +109,31 @@ pub async fn start(config: &NodeConfig, listener: TcpListener) -> anyhow::Result
         addr: addr.to_string(),
         raft: raft.clone(),
         reads: reads.clone(),
+        provisional: stores.provisional,
         clock,
-        log: log_store.clone(),
+        log: stores.log.clone(),
+        network,
+        leader_contact: Arc::new(LeaderContact::default()),
+        reconcile_wakeup: Arc::new(Notify::new()),
+        timing: Timing {
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+            election_timeout_max_ms: config.election_timeout_max_ms,
+        },
         peers: config.peers.clone(),
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<SensorServiceServer<SensorApi>>()
-        .await;
-    health_reporter
-        .set_serving::<KvServiceServer<KvApi>>()
-        .await;
-    health_reporter
-        .set_serving::<AdminServiceServer<AdminApi>>()
-        .await;
+    health_reporter.set_serving::<SensorServiceServer<SensorApi>>().await;
+    health_reporter.set_serving::<KvServiceServer<KvApi>>().await;
+    health_reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
     // Reflection in both versions: grpcurl and many IDEs still ask v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(capkv_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .context("building the reflection service")?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .context("building the reflection service")?;
+    let reflection_v1 = reflection().build_v1().context("building the reflection service")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
 
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -139,10 +151,13 @@ pub async fn start(config: &NodeConfig, listener: TcpListener) -> anyhow::Result
         )
         .add_service(AdminServiceServer::new(AdminApi::new(ctx.clone())))
         .add_service(
-            RaftServiceServer::new(RaftServer::new(raft.clone()))
+            RaftServiceServer::new(RaftServer::new(ctx.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         );
+
+    let (stop_reconciler, reconciler_stop) = watch::channel(false);
+    let reconciler = reconcile::spawn(ctx.clone(), reconciler_stop);
     drop(ctx);
 
     let incoming = TcpListenerStream::new(listener).map(|stream| {
@@ -160,9 +175,11 @@ pub async fn start(config: &NodeConfig, listener: TcpListener) -> anyhow::Result
         addr,
         raft,
         reads,
-        log: log_store,
+        log: stores.log,
         stop_server: Some(stop_server),
         server,
+        stop_reconciler,
+        reconciler,
     })
 }
 
@@ -186,6 +203,10 @@ impl RunningNode {
                 );
                 self.server.abort();
             }
+        }
+        let _ = self.stop_reconciler.send(true);
+        if let Err(e) = (&mut self.reconciler).await {
+            tracing::warn!(error = %e, "the reconciler task ended abnormally");
         }
         self.raft.shutdown().await.context("stopping raft")?;
         self.log.flush().await.context("flushing storage")?;

@@ -79,6 +79,22 @@ pub type RequestId = Vec<u8>;
 pub enum Command {
     /// A client write acknowledged once committed (STRONG).
     Write(WriteCommand),
+    /// Provisional (LOCAL) writes accepted by `origin`, in increasing `seq`
+    /// order, proposed by its reconciler. Applied last-writer-wins; a write
+    /// whose `seq` is at or below the origin's reconciled high-water mark was
+    /// applied before and changes nothing.
+    Reconcile { origin: NodeId, writes: Vec<ProvisionalWrite> },
+}
+
+/// A write a node accepted as LOCAL, as it travels in a `Reconcile` entry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ProvisionalWrite {
+    /// Increasing per origin node, never reused.
+    pub seq: u64,
+    pub request_id: RequestId,
+    /// Stamped by the origin's clock when it accepted the write.
+    pub version: Version,
+    pub op: WriteOp,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -100,6 +116,22 @@ pub enum WriteOp {
     Delete {
         key: Vec<u8>,
     },
+    /// Writes `value` only if the key's current state is `expected`. Only in
+    /// STRONG writes: a compare needs the single order of the log.
+    CompareAndSet {
+        key: Vec<u8>,
+        expected: Expected,
+        value: Vec<u8>,
+    },
+}
+
+/// What a compare-and-set expects to find.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub enum Expected {
+    /// No live value: never written, or deleted.
+    Absent,
+    /// Exactly this version.
+    Version(Version),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -118,6 +150,19 @@ pub enum CommandResult {
     #[default]
     None,
     Write(WriteOutcome),
+    Reconciled(ReconcileOutcome),
+}
+
+/// What applying a `Reconcile` entry did, write by write.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct ReconcileOutcome {
+    /// Writes whose every item was stored.
+    pub applied: u64,
+    /// Items that lost to a newer version (recorded in the conflict log).
+    pub superseded: u64,
+    /// Writes applied before (seq at or below the high-water mark, or a
+    /// request id already remembered).
+    pub skipped: u64,
 }
 
 /// What a write did. Remembered per request id, so a retried write is
@@ -130,6 +175,9 @@ pub struct WriteOutcome {
     pub existed: bool,
     /// True when this outcome was answered from the request-id table.
     pub deduplicated: bool,
+    /// For a compare-and-set whose comparison failed: the key's state then
+    /// (value, or `None` for a tombstone; `versions` holds its version).
+    pub compare_failed: Option<Option<Vec<u8>>>,
 }
 
 #[cfg(test)]

@@ -34,8 +34,12 @@ use serde::Serialize;
 use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
+use super::LinkFilter;
+use super::ProposeReply;
 use super::MAX_APPEND_ENTRIES_PAYLOAD_BYTES;
 use super::MAX_RAFT_MESSAGE_BYTES;
+use crate::service::error::ApiError;
+use crate::types::Command;
 use crate::types::NodeId;
 use crate::types::TypeConfig;
 
@@ -46,18 +50,79 @@ pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
 /// Creates one [`PeerConnection`] per target; caches channels by address.
 #[derive(Clone)]
 pub struct NetworkFactory {
+    node_id: NodeId,
     source_ip: Option<IpAddr>,
+    links: Arc<LinkFilter>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl NetworkFactory {
     /// `source_ip`: the address outgoing connections bind; `None` lets the
     /// OS choose (for wildcard listen addresses).
-    pub fn new(source_ip: Option<IpAddr>) -> Self {
-        Self {
-            source_ip,
-            channels: Arc::new(Mutex::new(HashMap::new())),
+        pub fn new(node_id: NodeId, source_ip: Option<IpAddr>, links: Arc<LinkFilter>) -> Self {
+        Self { node_id, source_ip, links, channels: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    fn raft_client(&self, target: NodeId, addr: &str) -> Result<RaftServiceClient<Channel>, ApiError> {
+        if !self.links.allows(self.node_id, target) {
+            return Err(self.unreachable(target, "the link is cut"));
         }
+        let channel = self.channel(addr).map_err(|e| self.unreachable(target, e))?;
+        Ok(RaftServiceClient::new(channel)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+    }
+
+    /// Sends one of capkv's own calls to the leader and decodes its
+    /// `Result<T, ApiError>`. Any transport failure is "no quorum": this
+    /// node cannot get the leader to act.
+    async fn leader_call<T: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        payload: Vec<u8>,
+        timeout: Duration,
+        rpc: LeaderRpc,
+    ) -> Result<T, ApiError> {
+        let mut client = self.raft_client(target, addr)?;
+        let mut request = tonic::Request::new(RaftMessage { payload });
+        request.set_timeout(timeout);
+        let call = async {
+            match rpc {
+                LeaderRpc::Propose => client.propose(request).await,
+                LeaderRpc::ReadIndex => client.read_index(request).await,
+            }
+        };
+        let reply = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| self.unreachable(target, format!("no answer within {} ms", timeout.as_millis())))?
+            .map_err(|status| self.unreachable(target, status.message()))?;
+        let result: Result<T, ApiError> =
+            bincode::deserialize(&reply.into_inner().payload).map_err(|e| self.unreachable(target, e))?;
+        result
+    }
+
+    /// Asks the leader (`target` at `addr`) to propose `command`; returns
+    /// what applying it gave and its log index.
+    pub async fn propose(
+        &self,
+        target: NodeId,
+        addr: &str,
+        command: &Command,
+        timeout: Duration,
+    ) -> Result<ProposeReply, ApiError> {
+        let payload = bincode::serialize(command).map_err(|e| self.unreachable(target, e))?;
+        self.leader_call(target, addr, payload, timeout, LeaderRpc::Propose).await
+    }
+
+    /// Asks the leader for a read index: it confirms its leadership with a
+    /// quorum and answers the commit index a linearizable read must see.
+    pub async fn read_index(&self, target: NodeId, addr: &str, timeout: Duration) -> Result<u64, ApiError> {
+        self.leader_call(target, addr, Vec::new(), timeout, LeaderRpc::ReadIndex).await
+    }
+
+    fn unreachable(&self, target: NodeId, detail: impl std::fmt::Display) -> ApiError {
+        ApiError::NoQuorum { node: self.node_id, detail: format!("the leader (node {target}) did not answer: {detail}") }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, NetworkError> {
@@ -80,17 +145,23 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        PeerConnection {
-            target,
-            channel: self.channel(&node.addr),
-        }
+                PeerConnection { from: self.node_id, target, links: self.links.clone(), channel: self.channel(&node.addr) }
     }
 }
 
 /// The openraft view of one peer.
 pub struct PeerConnection {
+    from: NodeId,
     target: NodeId,
+    links: Arc<LinkFilter>,
     channel: Result<Channel, NetworkError>,
+}
+
+/// capkv's own calls to the leader.
+#[derive(Clone, Copy)]
+enum LeaderRpc {
+    Propose,
+    ReadIndex,
 }
 
 /// Which RPC of the Raft service to call.
@@ -114,6 +185,10 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+                if !self.links.allows(self.from, self.target) {
+            let cut = std::io::Error::other(format!("the link from node {} to node {} is cut", self.from, self.target));
+            return Err(RPCError::Unreachable(Unreachable::new(&cut)));
+        }
         let channel = self.channel.clone().map_err(RPCError::Network)?;
         let payload =
             bincode::serialize(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;

@@ -12,7 +12,9 @@ use tonic::Status;
 
 use crate::types::NodeId;
 
-#[derive(Debug, thiserror::Error)]
+/// Serializable: a leader's refusal of a forwarded proposal travels back to
+/// the follower as it was.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ApiError {
     /// The request is malformed; the message names the field.
     #[error("{0}")]
@@ -30,6 +32,13 @@ pub enum ApiError {
     /// The leader could not confirm its leadership with a quorum.
     #[error("node {node} could not reach a quorum: {detail}")]
     NoQuorum { node: NodeId, detail: String },
+        /// A read cannot be served at the level it asked for; never silently
+    /// weaker.
+    #[error("node {node} cannot serve a {level} read: {reason}; an EVENTUAL read would be served by this node")]
+    LevelNotMet { node: NodeId, level: String, reason: String },
+    /// A bounded queue is full; the message says which and what to do.
+    #[error("{0}")]
+    Overloaded(String),
     /// The request is valid but the cluster's state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -40,6 +49,12 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Errors that mean "this node cannot get a quorum to act now": the ones
+    /// STRONG_OR_LOCAL falls back to LOCAL on.
+    pub fn is_unavailability(&self) -> bool {
+        matches!(self, ApiError::NotLeader { .. } | ApiError::NoLeader { .. } | ApiError::NoQuorum { .. })
+    }
+
     pub fn invalid(message: impl Into<String>) -> Self {
         ApiError::InvalidArgument(message.into())
     }
@@ -130,7 +145,9 @@ impl From<ApiError> for Status {
             }
             ApiError::NoLeader { .. }
             | ApiError::NoQuorum { .. }
-            | ApiError::ShuttingDown { .. } => Status::unavailable(message),
+                        | ApiError::ShuttingDown { .. }
+            | ApiError::LevelNotMet { .. } => Status::unavailable(message),
+            ApiError::Overloaded(_) => Status::resource_exhausted(message),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
             ApiError::Storage { .. } => Status::internal(message),
         }

@@ -1,17 +1,24 @@
-//! `capkv.v1.KvService`: generic keys with versioned values and tombstones.
+//! `capkv.v1.KvService`: generic keys with versioned values and tombstones,
+//! and compare-and-set.
 
 use std::sync::Arc;
 
 use capkv_proto::v1;
+use capkv_proto::v1::compare_and_set_request::Expected as ProtoExpected;
 use capkv_proto::v1::kv_service_server::KvService;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
 use super::error::ApiError;
+use super::from_proto_version;
+use super::request_deadline;
 use super::to_proto_version;
 use super::validate;
+use super::write::write_level;
+use super::write::Written;
 use super::NodeContext;
+use crate::types::Expected;
 use crate::types::WriteOp;
 
 pub struct KvApi {
@@ -26,84 +33,99 @@ impl KvApi {
 
 #[tonic::async_trait]
 impl KvService for KvApi {
-    async fn put(
-        &self,
-        request: Request<v1::PutRequest>,
-    ) -> Result<Response<v1::PutResponse>, Status> {
+    async fn put(&self, request: Request<v1::PutRequest>) -> Result<Response<v1::PutResponse>, Status> {
+        let deadline = request_deadline(&request);
         let request = request.into_inner();
         validate::key("key", &request.key)?;
         validate::value("value", &request.value)?;
-        let request_id = validate::write_options(request.options.as_ref())?;
-        let committed = self
-            .ctx
-            .propose(
-                request_id,
-                WriteOp::Put {
-                    key: request.key,
-                    value: request.value,
-                },
-            )
-            .await?;
+        let choice = validate::write_options(request.options.as_ref())?;
+        let op = WriteOp::Put { key: request.key, value: request.value };
+        let written = self.ctx.write(write_level(&choice, deadline), choice.request_id, op).await?;
         Ok(Response::new(v1::PutResponse {
-            meta: Some(self.ctx.write_meta(committed.log_index)),
-            version: committed
-                .outcome
-                .versions
-                .first()
-                .copied()
-                .map(to_proto_version),
+            version: written.versions().first().copied().map(to_proto_version),
+            meta: Some(self.ctx.write_meta(&written, choice.session)),
         }))
     }
 
-    async fn get(
-        &self,
-        request: Request<v1::GetRequest>,
-    ) -> Result<Response<v1::GetResponse>, Status> {
+    async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
+        let deadline = request_deadline(&request);
         let request = request.into_inner();
         validate::key("key", &request.key)?;
-        validate::read_options(request.options.as_ref())?;
-        let read_index = self.ctx.linearizable_barrier().await?;
-        let stored = self
-            .ctx
-            .reads
-            .get(&request.key)
-            .map_err(|e| ApiError::from_storage(self.ctx.id, e))?;
+        let (level, session) = validate::read_options(request.options.as_ref())?;
+        let permit = self.ctx.read_permit(&level, deadline).await?;
+        let (stored, provisional) = self.ctx.get_value(&request.key, &permit)?;
         let (found, value, version) = match stored {
-            Some(stored) => (
-                stored.value.is_some(),
-                stored.value.unwrap_or_default(),
-                Some(to_proto_version(stored.version)),
-            ),
+            Some(stored) => {
+                (stored.value.is_some(), stored.value.unwrap_or_default(), Some(to_proto_version(stored.version)))
+            }
             None => (false, Vec::new(), None),
         };
         Ok(Response::new(v1::GetResponse {
-            meta: Some(self.ctx.linearizable_meta(read_index)),
+            meta: Some(self.ctx.read_meta(&permit, provisional, session)),
             found,
             value,
             version,
         }))
     }
 
-    async fn delete(
-        &self,
-        request: Request<v1::DeleteRequest>,
-    ) -> Result<Response<v1::DeleteResponse>, Status> {
+    async fn delete(&self, request: Request<v1::DeleteRequest>) -> Result<Response<v1::DeleteResponse>, Status> {
+        let deadline = request_deadline(&request);
         let request = request.into_inner();
         validate::key("key", &request.key)?;
-        let request_id = validate::write_options(request.options.as_ref())?;
-        let committed = self
-            .ctx
-            .propose(request_id, WriteOp::Delete { key: request.key })
-            .await?;
+        let choice = validate::write_options(request.options.as_ref())?;
+        let written =
+            self.ctx.write(write_level(&choice, deadline), choice.request_id, WriteOp::Delete { key: request.key }).await?;
+        let existed = match &written {
+            Written::Strong { outcome, .. } => outcome.existed,
+            // Not known until it is reconciled: report what this node sees.
+            Written::Local(_) => false,
+        };
         Ok(Response::new(v1::DeleteResponse {
-            meta: Some(self.ctx.write_meta(committed.log_index)),
-            version: committed
-                .outcome
-                .versions
-                .first()
-                .copied()
-                .map(to_proto_version),
-            existed: committed.outcome.existed,
+            version: written.versions().first().copied().map(to_proto_version),
+            existed,
+            meta: Some(self.ctx.write_meta(&written, choice.session)),
+        }))
+    }
+
+    async fn compare_and_set(
+        &self,
+        request: Request<v1::CompareAndSetRequest>,
+    ) -> Result<Response<v1::CompareAndSetResponse>, Status> {
+        let request = request.into_inner();
+        validate::key("key", &request.key)?;
+        validate::value("value", &request.value)?;
+        let expected = match &request.expected {
+            Some(ProtoExpected::ExpectedVersion(version)) => Expected::Version(from_proto_version(version)),
+            Some(ProtoExpected::ExpectedAbsent(true)) => Expected::Absent,
+            Some(ProtoExpected::ExpectedAbsent(false)) | None => {
+                return Err(ApiError::invalid("expected is missing: give expected_version or expected_absent = true").into())
+            }
+        };
+        let choice = validate::write_options(request.options.as_ref())?;
+        if choice.level != v1::WriteConsistency::Strong {
+            return Err(ApiError::FailedPrecondition(format!(
+                "compare-and-set needs STRONG, not {}: a comparison needs the single order of writes that only the Raft log gives; \
+                 LOCAL writes are ordered by version after the fact, so what they would compare against is not yet decided",
+                choice.level.as_str_name()
+            ))
+            .into());
+        }
+        let op = WriteOp::CompareAndSet { key: request.key, expected, value: request.value };
+        let written = self.ctx.write_strong(choice.request_id, op).await?;
+        let outcome = match &written {
+            Written::Strong { outcome, .. } => outcome.clone(),
+            Written::Local(_) => Default::default(),
+        };
+        let (succeeded, current_found, current_value) = match &outcome.compare_failed {
+            None => (true, false, Vec::new()),
+            Some(current) => (false, current.is_some(), current.clone().unwrap_or_default()),
+        };
+        Ok(Response::new(v1::CompareAndSetResponse {
+            succeeded,
+            version: outcome.versions.first().copied().map(to_proto_version),
+            current_found,
+            current_value,
+            meta: Some(self.ctx.write_meta(&written, choice.session)),
         }))
     }
 }

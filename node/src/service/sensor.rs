@@ -8,9 +8,10 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 
-use super::error::ApiError;
+use super::request_deadline;
 use super::to_proto_version;
 use super::validate;
+use super::write::write_level;
 use super::NodeContext;
 use crate::store::state_machine::ReadingRow;
 use crate::types::WriteOp;
@@ -41,21 +42,15 @@ impl SensorService for SensorApi {
         &self,
         request: Request<v1::PutReadingsRequest>,
     ) -> Result<Response<v1::PutReadingsResponse>, Status> {
+        let deadline = request_deadline(&request);
         let request = request.into_inner();
         let readings = validate::readings(&request.readings)?;
-        let request_id = validate::write_options(request.options.as_ref())?;
-        let committed = self
-            .ctx
-            .propose(request_id, WriteOp::PutReadings(readings))
-            .await?;
+        let choice = validate::write_options(request.options.as_ref())?;
+        let written =
+            self.ctx.write(write_level(&choice, deadline), choice.request_id, WriteOp::PutReadings(readings)).await?;
         Ok(Response::new(v1::PutReadingsResponse {
-            meta: Some(self.ctx.write_meta(committed.log_index)),
-            versions: committed
-                .outcome
-                .versions
-                .into_iter()
-                .map(to_proto_version)
-                .collect(),
+            versions: written.versions().iter().copied().map(to_proto_version).collect(),
+            meta: Some(self.ctx.write_meta(&written, choice.session)),
         }))
     }
 
@@ -63,17 +58,14 @@ impl SensorService for SensorApi {
         &self,
         request: Request<v1::LatestReadingRequest>,
     ) -> Result<Response<v1::LatestReadingResponse>, Status> {
+        let deadline = request_deadline(&request);
         let request = request.into_inner();
         validate::sensor_id("sensor_id", &request.sensor_id)?;
-        validate::read_options(request.options.as_ref())?;
-        let read_index = self.ctx.linearizable_barrier().await?;
-        let row = self
-            .ctx
-            .reads
-            .latest_reading(&request.sensor_id)
-            .map_err(|e| ApiError::from_storage(self.ctx.id, e))?;
+        let (level, session) = validate::read_options(request.options.as_ref())?;
+        let permit = self.ctx.read_permit(&level, deadline).await?;
+        let (row, provisional) = self.ctx.latest_reading(&request.sensor_id, &permit)?;
         Ok(Response::new(v1::LatestReadingResponse {
-            meta: Some(self.ctx.linearizable_meta(read_index)),
+            meta: Some(self.ctx.read_meta(&permit, provisional, session)),
             reading: row.map(|row| to_proto_reading(&request.sensor_id, row)),
         }))
     }
@@ -82,22 +74,19 @@ impl SensorService for SensorApi {
         &self,
         request: Request<v1::RangeReadingsRequest>,
     ) -> Result<Response<v1::RangeReadingsResponse>, Status> {
+        let deadline = request_deadline(&request);
         let request = request.into_inner();
         let query = validate::range(&request)?;
-        validate::read_options(request.options.as_ref())?;
-        let read_index = self.ctx.linearizable_barrier().await?;
+        let (level, session) = validate::read_options(request.options.as_ref())?;
+        let permit = self.ctx.read_permit(&level, deadline).await?;
         // One extra row tells whether another page follows.
-        let mut rows = self
-            .ctx
-            .reads
-            .range_readings(
-                &request.sensor_id,
-                query.from_ms,
-                query.to_ms,
-                query.limit as usize + 1,
-                query.descending,
-            )
-            .map_err(|e| ApiError::from_storage(self.ctx.id, e))?;
+        let (mut rows, provisional) = self.ctx.range_readings(
+            &request.sensor_id,
+            (query.from_ms, query.to_ms),
+            query.limit as usize + 1,
+            query.descending,
+            &permit,
+        )?;
         let next_page_token = if rows.len() > query.limit as usize {
             let next = rows.pop().expect("more rows than the limit");
             validate::encode_page_token(query.descending, next.timestamp_ms)
@@ -105,11 +94,8 @@ impl SensorService for SensorApi {
             Vec::new()
         };
         Ok(Response::new(v1::RangeReadingsResponse {
-            meta: Some(self.ctx.linearizable_meta(read_index)),
-            readings: rows
-                .into_iter()
-                .map(|row| to_proto_reading(&request.sensor_id, row))
-                .collect(),
+            meta: Some(self.ctx.read_meta(&permit, provisional, session)),
+            readings: rows.into_iter().map(|row| to_proto_reading(&request.sensor_id, row)).collect(),
             next_page_token,
         }))
     }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use capkv_proto::v1;
 
 use super::error::ApiError;
+use super::read::ReadLevel;
 use crate::types::ReadingWrite;
 
 /// Generic keys: DESIGN.md's limit.
@@ -137,40 +138,86 @@ pub fn readings(readings: &[v1::Reading]) -> Result<Vec<ReadingWrite>, ApiError>
         .collect()
 }
 
-/// Checks write options and returns the request id (empty: not deduplicated).
-pub fn write_options(options: Option<&v1::WriteOptions>) -> Result<Vec<u8>, ApiError> {
+/// Write options as checked: the level asked for, the request id (empty:
+/// not deduplicated), the STRONG_OR_LOCAL budget (0: default) and the token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteChoice {
+    pub level: v1::WriteConsistency,
+    pub request_id: Vec<u8>,
+    pub strong_budget_ms: u64,
+    pub session: v1::SessionToken,
+}
+
+pub fn write_options(options: Option<&v1::WriteOptions>) -> Result<WriteChoice, ApiError> {
     let Some(options) = options else {
-        return Ok(Vec::new());
+        return Ok(WriteChoice {
+            level: v1::WriteConsistency::Strong,
+            request_id: Vec::new(),
+            strong_budget_ms: 0,
+            session: Default::default(),
+        });
     };
-    match v1::WriteConsistency::try_from(options.consistency) {
-        Ok(v1::WriteConsistency::Unspecified | v1::WriteConsistency::Strong) => {}
+    let level = match v1::WriteConsistency::try_from(options.consistency) {
+        Ok(v1::WriteConsistency::Unspecified) => v1::WriteConsistency::Strong,
+        Ok(level) => level,
         Err(_) => {
             return Err(ApiError::invalid(format!(
-                "options.consistency {} is not a write consistency level (known: STRONG)",
+                "options.consistency {} is not a write consistency level (known: STRONG, LOCAL, STRONG_OR_LOCAL)",
                 options.consistency
             )))
         }
-    }
+    };
     if options.request_id.len() > MAX_REQUEST_ID_BYTES {
         return Err(ApiError::invalid(format!(
             "options.request_id is {} bytes, more than the limit of {MAX_REQUEST_ID_BYTES}",
             options.request_id.len()
         )));
     }
-    Ok(options.request_id.clone())
+    if options.strong_budget_ms > MAX_STRONG_BUDGET_MS {
+        return Err(ApiError::invalid(format!(
+            "options.strong_budget_ms {} is more than the maximum of {MAX_STRONG_BUDGET_MS}",
+            options.strong_budget_ms
+        )));
+    }
+    Ok(WriteChoice {
+        level,
+        request_id: options.request_id.clone(),
+        strong_budget_ms: options.strong_budget_ms,
+        session: options.session.clone().unwrap_or_default(),
+    })
 }
 
-pub fn read_options(options: Option<&v1::ReadOptions>) -> Result<(), ApiError> {
-    let Some(options) = options else {
-        return Ok(());
+/// The longest STRONG attempt a STRONG_OR_LOCAL write may ask for.
+pub const MAX_STRONG_BUDGET_MS: u64 = 60_000;
+/// The most a BOUNDED read may allow (an hour: beyond it, ask for EVENTUAL).
+pub const MAX_STALENESS_BOUND_MS: u64 = 3_600_000;
+
+/// Checks read options: the level (with its bound or session token) and the
+/// token to extend in the response.
+pub fn read_options(options: Option<&v1::ReadOptions>) -> Result<(ReadLevel, v1::SessionToken), ApiError> {
+    let Some(options) = options else { return Ok((ReadLevel::Linearizable, Default::default())) };
+    let session = options.session.clone().unwrap_or_default();
+    let level = match v1::ReadConsistency::try_from(options.consistency) {
+        Ok(v1::ReadConsistency::Unspecified | v1::ReadConsistency::Linearizable) => ReadLevel::Linearizable,
+        Ok(v1::ReadConsistency::Session) => ReadLevel::Session(session.clone()),
+        Ok(v1::ReadConsistency::Bounded) => {
+            let bound = options.max_staleness_ms;
+            if bound == 0 || bound > MAX_STALENESS_BOUND_MS {
+                return Err(ApiError::invalid(format!(
+                    "options.max_staleness_ms is {bound}; a BOUNDED read needs 1 to {MAX_STALENESS_BOUND_MS} ms"
+                )));
+            }
+            ReadLevel::Bounded { max_staleness_ms: bound }
+        }
+        Ok(v1::ReadConsistency::Eventual) => ReadLevel::Eventual,
+        Err(_) => {
+            return Err(ApiError::invalid(format!(
+                "options.consistency {} is not a read consistency level (known: LINEARIZABLE, SESSION, BOUNDED, EVENTUAL)",
+                options.consistency
+            )))
+        }
     };
-    match v1::ReadConsistency::try_from(options.consistency) {
-        Ok(v1::ReadConsistency::Unspecified | v1::ReadConsistency::Linearizable) => Ok(()),
-        Err(_) => Err(ApiError::invalid(format!(
-            "options.consistency {} is not a read consistency level (known: LINEARIZABLE)",
-            options.consistency
-        ))),
-    }
+    Ok((level, session))
 }
 
 /// Validated parameters of a range query.

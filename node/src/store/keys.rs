@@ -9,6 +9,18 @@
 //! | `readings`      | u16 BE len(sensor) ++ sensor ++ u64 BE ts  | bincode `StoredReading`       |
 //! | `request_ids`   | the request id bytes                       | bincode `RememberedRequest`   |
 //! | `request_order` | apply sequence number, u64 big-endian      | the request id bytes          |
+//! | `conflicts`     | conflict sequence number, u64 big-endian   | bincode `ConflictRecord`      |
+//!
+//! Node-local trees (never replicated, not in snapshots): the provisional
+//! store of LOCAL writes this node accepted and has not yet seen reconciled.
+//!
+//! | tree            | key                                        | value                         |
+//! |-----------------|--------------------------------------------|-------------------------------|
+//! | `prov_log`      | provisional seq, u64 big-endian            | bincode `PendingWrite`        |
+//! | `prov_meta`     | `next_seq`                                 | u64 big-endian                |
+//! | `prov_kv`       | the user key bytes                         | bincode `Indexed<StoredValue>`|
+//! | `prov_readings` | as in `readings`                           | bincode `Indexed<StoredReading>` |
+//! | `prov_requests` | the request id bytes                       | provisional seq, u64 BE       |
 //!
 //! Big-endian integers sort numerically as bytes, so a range of log indexes,
 //! or of one sensor's timestamps, is one ordered sled range. Prefixing the
@@ -18,6 +30,10 @@
 use serde::Deserialize;
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+
+use crate::types::NodeId;
+use crate::types::ProvisionalWrite;
 use crate::types::Version;
 use crate::types::WriteOutcome;
 
@@ -28,6 +44,13 @@ pub const KV_TREE: &str = "kv";
 pub const READINGS_TREE: &str = "readings";
 pub const REQUEST_IDS_TREE: &str = "request_ids";
 pub const REQUEST_ORDER_TREE: &str = "request_order";
+pub const CONFLICTS_TREE: &str = "conflicts";
+pub const PROV_LOG_TREE: &str = "prov_log";
+pub const PROV_META_TREE: &str = "prov_meta";
+pub const PROV_KV_TREE: &str = "prov_kv";
+pub const PROV_READINGS_TREE: &str = "prov_readings";
+pub const PROV_REQUESTS_TREE: &str = "prov_requests";
+pub const NEXT_SEQ_KEY: &[u8] = b"next_seq";
 
 pub const VOTE_KEY: &[u8] = b"vote";
 pub const COMMITTED_KEY: &[u8] = b"committed";
@@ -97,6 +120,49 @@ pub struct AppMeta {
     /// The greatest version applied so far; a restarted node's clock starts
     /// past it.
     pub max_version: Version,
+    /// Per origin node, the highest provisional seq applied: reconciliation
+    /// is idempotent below it, and SESSION reads compare tokens with it.
+    pub reconciled_seq: BTreeMap<NodeId, u64>,
+    /// Superseded provisional writes, ever (the conflict log keeps the last
+    /// `MAX_CONFLICT_RECORDS`).
+    pub conflicts_total: u64,
+    /// The sequence number the oldest conflict record still kept has.
+    pub oldest_conflict_sequence: u64,
+}
+
+/// What a conflict record is about.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub enum ConflictTarget {
+    Key(Vec<u8>),
+    Reading { sensor_id: String, timestamp_ms: u64 },
+}
+
+/// A provisional write's item that lost to a newer version on reconciliation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ConflictRecord {
+    pub target: ConflictTarget,
+    pub loser: Version,
+    /// (origin node, seq) of the provisional write that lost.
+    pub loser_write: (NodeId, u64),
+    pub winner: Version,
+    /// The reconciliation entry's log index.
+    pub log_index: u64,
+}
+
+/// A LOCAL write in the provisional store, with when it was accepted
+/// (node-local wall clock, for the age shown in status).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PendingWrite {
+    pub write: ProvisionalWrite,
+    pub accepted_at_ms: u64,
+}
+
+/// A provisional index entry: the value of the newest pending write of a key
+/// or reading, and that write's seq (removed only by that write).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Indexed<T> {
+    pub seq: u64,
+    pub value: T,
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

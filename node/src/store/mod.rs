@@ -10,12 +10,14 @@
 
 pub mod keys;
 pub mod log_store;
+pub mod provisional;
 pub mod state_machine;
 
 use std::path::Path;
 use std::sync::Arc;
 
 pub use log_store::LogStore;
+pub use provisional::ProvisionalStore;
 pub use state_machine::ReadView;
 pub use state_machine::StateMachineStore;
 
@@ -26,12 +28,16 @@ use crate::types::StorageError;
 /// fit next to each other; the working set of a sensor node is recent data.
 pub const SLED_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Everything a node keeps on disk.
+pub struct Stores {
+    pub log: LogStore,
+    pub state_machine: StateMachineStore,
+    pub provisional: ProvisionalStore,
+}
+
 /// Opens (or creates) the node's sled database and snapshot directory under
 /// `data_dir`.
-pub fn open(
-    data_dir: &Path,
-    clock: Arc<HybridClock>,
-) -> Result<(LogStore, StateMachineStore), StorageError> {
+pub fn open(data_dir: &Path, clock: Arc<HybridClock>) -> Result<Stores, StorageError> {
     std::fs::create_dir_all(data_dir).map_err(|e| openraft::StorageIOError::write(&e))?;
     let db = sled::Config::new()
         .path(data_dir.join("db"))
@@ -40,9 +46,11 @@ pub fn open(
         .flush_every_ms(None)
         .open()
         .map_err(|e| openraft::StorageIOError::write(&e))?;
-    let log_store = LogStore::open(&db)?;
-    let state_machine = StateMachineStore::open(&db, &data_dir.join("snapshots"), clock)?;
-    Ok((log_store, state_machine))
+    Ok(Stores {
+        log: LogStore::open(&db)?,
+        state_machine: StateMachineStore::open(&db, &data_dir.join("snapshots"), clock)?,
+        provisional: ProvisionalStore::open(&db)?,
+    })
 }
 
 /// A sled or I/O failure as an openraft storage error.

@@ -31,6 +31,8 @@ use sled::Transactional;
 use super::io_err;
 use super::keys;
 use super::keys::AppMeta;
+use super::keys::ConflictRecord;
+use super::keys::ConflictTarget;
 use super::keys::RememberedRequest;
 use super::keys::StoredReading;
 use super::keys::StoredValue;
@@ -38,6 +40,10 @@ use crate::hlc::HybridClock;
 use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Entry;
+use crate::types::Expected;
+use crate::types::NodeId;
+use crate::types::ProvisionalWrite;
+use crate::types::ReconcileOutcome;
 use crate::types::LogId;
 use crate::types::SnapshotMeta;
 use crate::types::StorageError;
@@ -54,8 +60,13 @@ use crate::types::WriteOutcome;
 /// retrying a write older than the last 100k writes is not protected.
 pub const MAX_REMEMBERED_REQUESTS: u64 = 100_000;
 
+/// How many conflict records the state machine keeps (the newest). Dropped
+/// by apply order, so every replica keeps the same ones; `conflicts_total`
+/// still counts all of them.
+pub const MAX_CONFLICT_RECORDS: u64 = 10_000;
+
 /// The layout version of snapshot data, checked on install.
-const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FORMAT: u32 = 2;
 const SNAPSHOT_FILE: &str = "current.snapshot";
 /// Set in `sm_meta` while a snapshot is being installed; found at startup it
 /// means the install was interrupted and is redone from the snapshot file.
@@ -71,6 +82,7 @@ struct StateTrees {
     readings: sled::Tree,
     request_ids: sled::Tree,
     request_order: sled::Tree,
+    conflicts: sled::Tree,
 }
 
 impl StateTrees {
@@ -85,16 +97,18 @@ impl StateTrees {
             readings: open(keys::READINGS_TREE)?,
             request_ids: open(keys::REQUEST_IDS_TREE)?,
             request_order: open(keys::REQUEST_ORDER_TREE)?,
+            conflicts: open(keys::CONFLICTS_TREE)?,
         })
     }
 
     /// The trees whose rows a snapshot carries verbatim.
-    fn data_trees(&self) -> [(&'static str, &sled::Tree); 4] {
+    fn data_trees(&self) -> [(&'static str, &sled::Tree); 5] {
         [
             (keys::KV_TREE, &self.kv),
             (keys::READINGS_TREE, &self.readings),
             (keys::REQUEST_IDS_TREE, &self.request_ids),
             (keys::REQUEST_ORDER_TREE, &self.request_order),
+            (keys::CONFLICTS_TREE, &self.conflicts),
         ]
     }
 }
@@ -154,6 +168,33 @@ pub fn strong_write_version(entry_version: Version, current: Option<Version>) ->
     match current {
         Some(current) => entry_version.max(current.successor(entry_version.origin_node)),
         None => entry_version,
+    }
+}
+
+/// How an entry's write meets the current value of one key or reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// A STRONG write: follows log order.
+    Strong,
+    /// A reconciled provisional write: last writer wins on the version.
+    LastWriterWins,
+}
+
+/// The outcome of merging one item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergeDecision {
+    /// Store the item with this version.
+    Replace(Version),
+    /// Keep the current value; the incoming write lost to `winner`.
+    Superseded { winner: Version },
+}
+
+/// DESIGN.md's merge rule, for one item. Reads nothing but its arguments.
+pub fn merge_decision(rule: Merge, incoming: Version, current: Option<Version>) -> MergeDecision {
+    match (rule, current) {
+        (Merge::Strong, current) => MergeDecision::Replace(strong_write_version(incoming, current)),
+        (Merge::LastWriterWins, Some(current)) if current >= incoming => MergeDecision::Superseded { winner: current },
+        (Merge::LastWriterWins, _) => MergeDecision::Replace(incoming),
     }
 }
 
@@ -288,37 +329,43 @@ impl StateMachineStore {
         let t = &self.trees;
         let start_app = self.app.clone();
         let start_membership = self.last_membership.clone();
-        let outcome = (
-            &t.meta,
-            &t.kv,
-            &t.readings,
-            &t.request_ids,
-            &t.request_order,
-        )
-            .transaction(|(meta, kv, readings, request_ids, request_order)| {
-                let mut app = start_app.clone();
+        let outcome = (&t.meta, &t.kv, &t.readings, &t.request_ids, &t.request_order, &t.conflicts).transaction(
+            |(meta, kv, readings, request_ids, request_order, conflicts)| {
+                let mut applier = Applier {
+                    kv,
+                    readings,
+                    request_ids,
+                    request_order,
+                    conflicts,
+                    app: start_app.clone(),
+                    log_index: 0,
+                };
                 let mut membership = start_membership.clone();
                 let mut last_applied = None;
                 let mut results = Vec::with_capacity(entries.len());
                 for entry in &entries {
                     last_applied = Some(entry.log_id);
+                    applier.log_index = entry.log_id.index;
                     let result = match &entry.payload {
                         EntryPayload::Blank => CommandResult::None,
                         EntryPayload::Membership(m) => {
                             membership = StoredMembership::new(Some(entry.log_id), m.clone());
                             CommandResult::None
                         }
-                        EntryPayload::Normal(Command::Write(write)) => CommandResult::Write(
-                            apply_write(kv, readings, request_ids, request_order, &mut app, write)?,
-                        ),
+                        EntryPayload::Normal(Command::Write(write)) => CommandResult::Write(applier.strong_write(write)?),
+                        EntryPayload::Normal(Command::Reconcile { origin, writes }) => {
+                            CommandResult::Reconciled(applier.reconcile(*origin, writes)?)
+                        }
                     };
                     results.push(result);
                 }
+                let app = applier.app;
                 meta.insert(keys::LAST_APPLIED_KEY, keys::encode(&last_applied))?;
                 meta.insert(keys::LAST_MEMBERSHIP_KEY, keys::encode(&membership))?;
                 meta.insert(keys::APP_META_KEY, keys::encode(&app))?;
                 Ok((results, app, membership, last_applied))
-            });
+            },
+        );
         let (results, app, membership, last_applied) = outcome.map_err(|e| match e {
             TransactionError::Abort(e) => sm_write_err(e),
             TransactionError::Storage(e) => sm_write_err(e),
@@ -351,111 +398,203 @@ impl StateMachineStore {
     }
 }
 
-/// One client write inside the apply transaction.
-fn apply_write(
-    kv: &TransactionalTree,
-    readings: &TransactionalTree,
-    request_ids: &TransactionalTree,
-    request_order: &TransactionalTree,
-    app: &mut AppMeta,
-    write: &WriteCommand,
-) -> TxResult<WriteOutcome> {
-    if !write.request_id.is_empty() {
-        if let Some(bytes) = request_ids.get(&write.request_id)? {
-            let remembered: RememberedRequest = tx_decode(&bytes)?;
-            return Ok(WriteOutcome {
-                deduplicated: true,
-                ..remembered.outcome
-            });
-        }
-    }
-    let mut outcome = WriteOutcome::default();
-    match &write.op {
-        WriteOp::PutReadings(batch) => {
-            for reading in batch {
-                let key = keys::reading_key(&reading.sensor_id, reading.timestamp_ms);
-                let current = match readings.get(&key)? {
-                    Some(bytes) => Some(tx_decode::<StoredReading>(&bytes)?.version),
-                    None => None,
-                };
-                let version = strong_write_version(write.version, current);
-                let stored = StoredReading {
-                    value: reading.value,
-                    tags: reading.tags.clone(),
-                    version,
-                };
-                readings.insert(key, keys::encode(&stored))?;
-                outcome.versions.push(version);
-            }
-        }
-        WriteOp::Put { key, value } => {
-            let current = match kv.get(key)? {
-                Some(bytes) => Some(tx_decode::<StoredValue>(&bytes)?),
-                None => None,
-            };
-            let version = strong_write_version(write.version, current.as_ref().map(|c| c.version));
-            outcome.existed = current.is_some_and(|c| c.value.is_some());
-            kv.insert(
-                key.as_slice(),
-                keys::encode(&StoredValue {
-                    value: Some(value.clone()),
-                    version,
-                }),
-            )?;
-            outcome.versions.push(version);
-        }
-        WriteOp::Delete { key } => {
-            let current = match kv.get(key)? {
-                Some(bytes) => Some(tx_decode::<StoredValue>(&bytes)?),
-                None => None,
-            };
-            let version = strong_write_version(write.version, current.as_ref().map(|c| c.version));
-            outcome.existed = current.is_some_and(|c| c.value.is_some());
-            kv.insert(
-                key.as_slice(),
-                keys::encode(&StoredValue {
-                    value: None,
-                    version,
-                }),
-            )?;
-            outcome.versions.push(version);
-        }
-    }
-    if let Some(max) = outcome.versions.iter().max() {
-        app.max_version = app.max_version.max(*max);
-    }
-    if !write.request_id.is_empty() {
-        remember_request(request_ids, request_order, app, &write.request_id, &outcome)?;
-    }
-    Ok(outcome)
+/// Applies commands inside one apply transaction.
+struct Applier<'a> {
+    kv: &'a TransactionalTree,
+    readings: &'a TransactionalTree,
+    request_ids: &'a TransactionalTree,
+    request_order: &'a TransactionalTree,
+    conflicts: &'a TransactionalTree,
+    app: AppMeta,
+    /// The index of the entry being applied.
+    log_index: u64,
 }
 
-/// Records a request id's outcome and forgets the oldest ids beyond
-/// `MAX_REMEMBERED_REQUESTS`. Deterministic: driven by apply order alone.
-fn remember_request(
-    request_ids: &TransactionalTree,
-    request_order: &TransactionalTree,
-    app: &mut AppMeta,
-    request_id: &[u8],
-    outcome: &WriteOutcome,
-) -> TxResult<()> {
-    let sequence = app.next_request_sequence;
-    let remembered = RememberedRequest {
-        sequence,
-        outcome: outcome.clone(),
-    };
-    request_ids.insert(request_id, keys::encode(&remembered))?;
-    request_order.insert(&keys::log_index_key(sequence), request_id)?;
-    app.next_request_sequence += 1;
-    while app.next_request_sequence - app.oldest_request_sequence > MAX_REMEMBERED_REQUESTS {
-        if let Some(old_id) =
-            request_order.remove(&keys::log_index_key(app.oldest_request_sequence))?
-        {
-            request_ids.remove(old_id)?;
+/// Who wrote an item: how it merges, and for a provisional write its id
+/// (origin, seq), recorded in the conflict log when it loses.
+#[derive(Clone, Copy)]
+struct Writer {
+    rule: Merge,
+    write_id: Option<(NodeId, u64)>,
+}
+
+impl Applier<'_> {
+    fn remembered(&self, request_id: &[u8]) -> TxResult<Option<WriteOutcome>> {
+        if request_id.is_empty() {
+            return Ok(None);
         }
-        app.oldest_request_sequence += 1;
+        match self.request_ids.get(request_id)? {
+            Some(bytes) => Ok(Some(tx_decode::<RememberedRequest>(&bytes)?.outcome)),
+            None => Ok(None),
+        }
     }
-    Ok(())
+
+    /// A STRONG write (including compare-and-set), deduplicated by request id.
+    fn strong_write(&mut self, write: &WriteCommand) -> TxResult<WriteOutcome> {
+        if let Some(outcome) = self.remembered(&write.request_id)? {
+            return Ok(WriteOutcome { deduplicated: true, ..outcome });
+        }
+        let writer = Writer { rule: Merge::Strong, write_id: None };
+        let outcome = self.write_op(&write.op, write.version, writer)?;
+        self.remember(&write.request_id, &outcome)?;
+        Ok(outcome)
+    }
+
+    /// A batch of provisional writes from `origin`, in seq order. Idempotent:
+    /// a write at or below the origin's high-water mark, or whose request id
+    /// is remembered, was applied before and is skipped.
+    fn reconcile(&mut self, origin: NodeId, writes: &[ProvisionalWrite]) -> TxResult<ReconcileOutcome> {
+        let mut outcome = ReconcileOutcome::default();
+        for write in writes {
+            let high_water = self.app.reconciled_seq.get(&origin).copied().unwrap_or(0);
+            if write.seq <= high_water {
+                outcome.skipped += 1;
+                continue;
+            }
+            self.app.reconciled_seq.insert(origin, write.seq);
+            // The same logical write may be committed already: through a
+            // STRONG attempt, or through another node's provisional store.
+            if self.remembered(&write.request_id)?.is_some() {
+                outcome.skipped += 1;
+                continue;
+            }
+            let conflicts_before = self.app.conflicts_total;
+            let writer = Writer { rule: Merge::LastWriterWins, write_id: Some((origin, write.seq)) };
+            let result = self.write_op(&write.op, write.version, writer)?;
+            self.remember(&write.request_id, &result)?;
+            let lost = self.app.conflicts_total - conflicts_before;
+            outcome.superseded += lost;
+            if lost == 0 {
+                outcome.applied += 1;
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn write_op(&mut self, op: &WriteOp, version: Version, writer: Writer) -> TxResult<WriteOutcome> {
+        let mut outcome = WriteOutcome::default();
+        match op {
+            WriteOp::PutReadings(batch) => {
+                for reading in batch {
+                    let key = keys::reading_key(&reading.sensor_id, reading.timestamp_ms);
+                    let current = match self.readings.get(&key)? {
+                        Some(bytes) => Some(tx_decode::<StoredReading>(&bytes)?.version),
+                        None => None,
+                    };
+                    let kept = match merge_decision(writer.rule, version, current) {
+                        MergeDecision::Replace(version) => {
+                            let stored = StoredReading { value: reading.value, tags: reading.tags.clone(), version };
+                            self.readings.insert(key, keys::encode(&stored))?;
+                            version
+                        }
+                        MergeDecision::Superseded { winner } => {
+                            let target = ConflictTarget::Reading {
+                                sensor_id: reading.sensor_id.clone(),
+                                timestamp_ms: reading.timestamp_ms,
+                            };
+                            self.record_conflict(target, version, winner, writer)?;
+                            winner
+                        }
+                    };
+                    outcome.versions.push(kept);
+                }
+            }
+            WriteOp::Put { key, value } => self.write_key(key, Some(value), version, writer, &mut outcome)?,
+            WriteOp::Delete { key } => self.write_key(key, None, version, writer, &mut outcome)?,
+            WriteOp::CompareAndSet { key, expected, value } => {
+                let current = self.current_value(key)?;
+                let matches = match (expected, &current) {
+                    (Expected::Absent, None) => true,
+                    (Expected::Absent, Some(current)) => current.value.is_none(),
+                    (Expected::Version(expected), Some(current)) => current.version == *expected,
+                    (Expected::Version(_), None) => false,
+                };
+                if matches {
+                    self.write_key(key, Some(value), version, writer, &mut outcome)?;
+                } else {
+                    outcome.versions.extend(current.as_ref().map(|c| c.version));
+                    outcome.existed = current.as_ref().is_some_and(|c| c.value.is_some());
+                    outcome.compare_failed = Some(current.and_then(|c| c.value));
+                }
+            }
+        }
+        if let Some(max) = outcome.versions.iter().max() {
+            self.app.max_version = self.app.max_version.max(*max);
+        }
+        Ok(outcome)
+    }
+
+    fn current_value(&self, key: &[u8]) -> TxResult<Option<StoredValue>> {
+        match self.kv.get(key)? {
+            Some(bytes) => Ok(Some(tx_decode::<StoredValue>(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Puts (`Some`) or deletes (`None`: a tombstone) one generic key.
+    fn write_key(
+        &mut self,
+        key: &[u8],
+        value: Option<&Vec<u8>>,
+        version: Version,
+        writer: Writer,
+        outcome: &mut WriteOutcome,
+    ) -> TxResult<()> {
+        let current = self.current_value(key)?;
+        outcome.existed = current.as_ref().is_some_and(|c| c.value.is_some());
+        match merge_decision(writer.rule, version, current.map(|c| c.version)) {
+            MergeDecision::Replace(version) => {
+                self.kv.insert(key, keys::encode(&StoredValue { value: value.cloned(), version }))?;
+                outcome.versions.push(version);
+            }
+            MergeDecision::Superseded { winner } => {
+                self.record_conflict(ConflictTarget::Key(key.to_vec()), version, winner, writer)?;
+                outcome.versions.push(winner);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends to the conflict log and drops the oldest records beyond
+    /// `MAX_CONFLICT_RECORDS`. Deterministic: driven by apply order alone.
+    fn record_conflict(&mut self, target: ConflictTarget, loser: Version, winner: Version, writer: Writer) -> TxResult<()> {
+        let record = ConflictRecord {
+            target,
+            loser,
+            loser_write: writer.write_id.unwrap_or((loser.origin_node, 0)),
+            winner,
+            log_index: self.log_index,
+        };
+        let sequence = self.app.conflicts_total;
+        self.conflicts.insert(&keys::log_index_key(sequence), keys::encode(&record))?;
+        self.app.conflicts_total += 1;
+        while self.app.conflicts_total - self.app.oldest_conflict_sequence > MAX_CONFLICT_RECORDS {
+            self.conflicts.remove(&keys::log_index_key(self.app.oldest_conflict_sequence))?;
+            self.app.oldest_conflict_sequence += 1;
+        }
+        Ok(())
+    }
+
+    /// Records a request id's outcome and forgets the oldest ids beyond
+    /// `MAX_REMEMBERED_REQUESTS`. Deterministic: driven by apply order alone.
+    fn remember(&mut self, request_id: &[u8], outcome: &WriteOutcome) -> TxResult<()> {
+        if request_id.is_empty() {
+            return Ok(());
+        }
+        let app = &mut self.app;
+        let sequence = app.next_request_sequence;
+        let remembered = RememberedRequest { sequence, outcome: outcome.clone() };
+        self.request_ids.insert(request_id, keys::encode(&remembered))?;
+        self.request_order.insert(&keys::log_index_key(sequence), request_id)?;
+        app.next_request_sequence += 1;
+        while app.next_request_sequence - app.oldest_request_sequence > MAX_REMEMBERED_REQUESTS {
+            if let Some(old_id) = self.request_order.remove(&keys::log_index_key(app.oldest_request_sequence))? {
+                self.request_ids.remove(old_id)?;
+            }
+            app.oldest_request_sequence += 1;
+        }
+        Ok(())
+    }
 }
 
 /// Builds snapshots from a copy taken on the state machine task (so it is
@@ -594,6 +733,28 @@ pub struct ReadingRow {
 }
 
 impl ReadView {
+    /// The state machine's own bookkeeping (reconciled seqs, conflict count).
+    pub fn app_meta(&self) -> Result<AppMeta, StorageError> {
+        match self.trees.meta.get(keys::APP_META_KEY).map_err(sm_read_err)? {
+            Some(bytes) => keys::decode(&bytes).map_err(sm_read_err),
+            None => Ok(AppMeta::default()),
+        }
+    }
+
+    /// The newest `limit` conflict records, newest first.
+    pub fn conflicts(&self, limit: usize) -> Result<Vec<ConflictRecord>, StorageError> {
+        self.trees
+            .conflicts
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|row| {
+                let (_, value) = row.map_err(sm_read_err)?;
+                keys::decode(&value).map_err(sm_read_err)
+            })
+            .collect()
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageError> {
         match self.trees.kv.get(key).map_err(sm_read_err)? {
             Some(bytes) => keys::decode(&bytes).map(Some).map_err(sm_read_err),
@@ -652,4 +813,40 @@ fn decode_reading_row(
         timestamp_ms,
         reading: keys::decode(&value).map_err(sm_read_err)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(physical_ms: u64, logical: u32, origin_node: u64) -> Version {
+        Version { physical_ms, logical, origin_node }
+    }
+
+    /// DESIGN.md's merge rule, case by case: (rule, incoming, current, decision).
+    #[test]
+    fn the_merge_rule_as_a_table() {
+        use Merge::*;
+        use MergeDecision::*;
+        let cases = [
+            // A STRONG write always replaces, and follows log order.
+            (Strong, v(10, 0, 1), None, Replace(v(10, 0, 1))),
+            (Strong, v(10, 0, 1), Some(v(5, 0, 2)), Replace(v(10, 0, 1))),
+            // ... even over a newer version: current + 1, attributed to the writer.
+            (Strong, v(10, 0, 1), Some(v(20, 3, 2)), Replace(v(20, 4, 1))),
+            (Strong, v(10, 0, 1), Some(v(10, 0, 1)), Replace(v(10, 1, 1))),
+            // A reconciled provisional write wins only with a greater version.
+            (LastWriterWins, v(10, 0, 3), None, Replace(v(10, 0, 3))),
+            (LastWriterWins, v(10, 0, 3), Some(v(9, 9, 9)), Replace(v(10, 0, 3))),
+            (LastWriterWins, v(10, 0, 3), Some(v(10, 1, 1)), Superseded { winner: v(10, 1, 1) }),
+            // Same clock: the origin node breaks the tie, the same on every replica.
+            (LastWriterWins, v(10, 0, 3), Some(v(10, 0, 2)), Replace(v(10, 0, 3))),
+            (LastWriterWins, v(10, 0, 2), Some(v(10, 0, 3)), Superseded { winner: v(10, 0, 3) }),
+            // The same version again (a write applied twice) never replaces.
+            (LastWriterWins, v(10, 0, 3), Some(v(10, 0, 3)), Superseded { winner: v(10, 0, 3) }),
+        ];
+        for (rule, incoming, current, expected) in cases {
+            assert_eq!(merge_decision(rule, incoming, current), expected, "{rule:?} {incoming} over {current:?}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cluster;
+mod consistency;
 mod observability;
 mod replication;
 mod storage_suite;

@@ -17,9 +17,9 @@ struct SledStoreBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledStoreBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let (log_store, state_machine) = store::open(dir.path(), Arc::new(HybridClock::new(1)))?;
+        let stores = store::open(dir.path(), Arc::new(HybridClock::new(1)))?;
         // The directory guard outlives the stores: the suite drops it last.
-        Ok((dir, log_store, state_machine))
+        Ok((dir, stores.log, stores.state_machine))
     }
 }
 

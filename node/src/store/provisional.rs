@@ -1,0 +1,290 @@
+//! The provisional store: LOCAL writes this node accepted and has not yet
+//! seen reconciled into the Raft log. Node-local: never replicated, never in
+//! a snapshot.
+//!
+//! A LOCAL write is acknowledged only after it is flushed here, so it
+//! survives `kill -9`. It stays until the reconciler has seen it committed
+//! and applied on this node; only then is it removed, so an EVENTUAL read on
+//! this node sees it without a gap.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use openraft::ErrorSubject;
+use openraft::ErrorVerb;
+use sled::transaction::ConflictableTransactionError;
+use sled::transaction::TransactionError;
+use sled::Transactional;
+
+use super::io_err;
+use super::keys;
+use super::keys::Indexed;
+use super::keys::PendingWrite;
+use super::keys::StoredReading;
+use super::keys::StoredValue;
+use super::state_machine::ReadingRow;
+use crate::types::ProvisionalWrite;
+use crate::types::RequestId;
+use crate::types::StorageError;
+use crate::types::Version;
+use crate::types::WriteOp;
+
+/// The most provisional writes a node holds. Past it, LOCAL writes are
+/// refused until reconciliation catches up: a partition that lasts long
+/// enough cannot fill the disk. At ~200 bytes a write this is ~200 MB.
+pub const MAX_PENDING_PROVISIONAL_WRITES: usize = 1_000_000;
+
+#[derive(Clone, Debug)]
+pub struct ProvisionalStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    kv: sled::Tree,
+    readings: sled::Tree,
+    requests: sled::Tree,
+    /// Held while a write is stamped and stored, so seq order and version
+    /// order agree (not during the flush, which concurrent writes share).
+    accepting: Arc<Mutex<()>>,
+}
+
+/// A LOCAL write as accepted: its seq and the version of each item.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Accepted {
+    pub seq: u64,
+    pub versions: Vec<Version>,
+    /// True when the request id was already pending here (a retry).
+    pub deduplicated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("this node holds {MAX_PENDING_PROVISIONAL_WRITES} unreconciled LOCAL writes, its limit; retry after the partition heals or write STRONG")]
+    Full,
+    #[error(transparent)]
+    Storage(Box<StorageError>),
+}
+
+impl From<StorageError> for AcceptError {
+    fn from(error: StorageError) -> Self {
+        AcceptError::Storage(Box::new(error))
+    }
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Store, ErrorVerb::Read, e)
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Store, ErrorVerb::Write, e)
+}
+
+/// The versions a write's items carry: one per reading, one for a key.
+fn item_versions(op: &WriteOp, version: Version) -> Vec<Version> {
+    match op {
+        WriteOp::PutReadings(batch) => vec![version; batch.len()],
+        _ => vec![version],
+    }
+}
+
+impl ProvisionalStore {
+    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+        let open = |name| db.open_tree(name).map_err(read_err);
+        Ok(Self {
+            db: db.clone(),
+            log: open(keys::PROV_LOG_TREE)?,
+            meta: open(keys::PROV_META_TREE)?,
+            kv: open(keys::PROV_KV_TREE)?,
+            readings: open(keys::PROV_READINGS_TREE)?,
+            requests: open(keys::PROV_REQUESTS_TREE)?,
+            accepting: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The seq the next accepted write gets. Every seq below it was accepted.
+    pub fn next_seq(&self) -> u64 {
+        self.meta.get(keys::NEXT_SEQ_KEY).ok().flatten().and_then(|v| keys::decode_u64(&v)).unwrap_or(1)
+    }
+
+    /// Stores a LOCAL write durably and returns its seq. `make_version` is
+    /// called once, inside the store's critical section, so seq order and
+    /// version order agree. A retry (same request id, still pending) gets the
+    /// first acceptance back.
+    pub async fn accept(
+        &self,
+        request_id: RequestId,
+        op: WriteOp,
+        make_version: impl Fn() -> Version,
+        accepted_at_ms: u64,
+    ) -> Result<Accepted, AcceptError> {
+        if self.log.len() >= MAX_PENDING_PROVISIONAL_WRITES {
+            return Err(AcceptError::Full);
+        }
+        let accepting = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
+        let version = make_version();
+        let result = (&self.log, &self.meta, &self.kv, &self.readings, &self.requests).transaction(
+            |(log, meta, kv, readings, requests)| {
+                if !request_id.is_empty() {
+                    if let Some(seq) = requests.get(&request_id)? {
+                        let seq = keys::decode_u64(&seq).unwrap_or(0);
+                        if let Some(bytes) = log.get(keys::log_index_key(seq))? {
+                            let pending: PendingWrite = keys::decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                            let versions = item_versions(&pending.write.op, pending.write.version);
+                            return Ok(Accepted { seq, versions, deduplicated: true });
+                        }
+                    }
+                }
+                let seq = match meta.get(keys::NEXT_SEQ_KEY)? {
+                    Some(bytes) => keys::decode_u64(&bytes).unwrap_or(1),
+                    None => 1,
+                };
+                let write = ProvisionalWrite { seq, request_id: request_id.clone(), version, op: op.clone() };
+                match &write.op {
+                    WriteOp::PutReadings(batch) => {
+                        for r in batch {
+                            let value = StoredReading { value: r.value, tags: r.tags.clone(), version };
+                            readings.insert(keys::reading_key(&r.sensor_id, r.timestamp_ms), keys::encode(&Indexed { seq, value }))?;
+                        }
+                    }
+                    WriteOp::Put { key, value } => {
+                        let value = StoredValue { value: Some(value.clone()), version };
+                        kv.insert(key.as_slice(), keys::encode(&Indexed { seq, value }))?;
+                    }
+                    WriteOp::Delete { key } => {
+                        kv.insert(key.as_slice(), keys::encode(&Indexed { seq, value: StoredValue { value: None, version } }))?;
+                    }
+                    WriteOp::CompareAndSet { .. } => {
+                        // The API refuses LOCAL compare-and-set before it gets here.
+                        return Err(ConflictableTransactionError::Abort(Box::new(bincode::ErrorKind::Custom(
+                            "compare-and-set cannot be provisional".into(),
+                        ))));
+                    }
+                }
+                if !request_id.is_empty() {
+                    requests.insert(request_id.as_slice(), &keys::log_index_key(seq))?;
+                }
+                let pending = PendingWrite { write, accepted_at_ms };
+                log.insert(&keys::log_index_key(seq), keys::encode(&pending))?;
+                meta.insert(keys::NEXT_SEQ_KEY, &keys::log_index_key(seq + 1))?;
+                Ok(Accepted { seq, versions: item_versions(&op, version), deduplicated: false })
+            },
+        );
+        drop(accepting);
+        let accepted = result.map_err(|e| match e {
+            TransactionError::Abort(e) => write_err(e),
+            TransactionError::Storage(e) => write_err(e),
+        })?;
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(accepted)
+    }
+
+    /// The oldest pending writes in seq order: at most `max_writes`, and at
+    /// most about `max_bytes` encoded (always at least one).
+    pub fn oldest(&self, max_writes: usize, max_bytes: usize) -> Result<Vec<ProvisionalWrite>, StorageError> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for row in self.log.iter() {
+            let (_, value) = row.map_err(read_err)?;
+            if !batch.is_empty() && (batch.len() >= max_writes || bytes + value.len() > max_bytes) {
+                break;
+            }
+            bytes += value.len();
+            let pending: PendingWrite = keys::decode(&value).map_err(read_err)?;
+            batch.push(pending.write);
+        }
+        Ok(batch)
+    }
+
+    /// Removes writes that are committed and applied on this node. An index
+    /// entry is removed only by the write that put it there.
+    pub fn remove(&self, writes: &[ProvisionalWrite]) -> Result<(), StorageError> {
+        let result = (&self.log, &self.kv, &self.readings, &self.requests).transaction(|(log, kv, readings, requests)| {
+            for write in writes {
+                let seq_key = keys::log_index_key(write.seq);
+                log.remove(&seq_key)?;
+                let owned_by_this = |entry: Option<sled::IVec>| -> bool {
+                    entry.is_some_and(|bytes| {
+                        // `seq` is the first field of `Indexed`: decode just it.
+                        keys::decode::<u64>(&bytes).map(|seq| seq == write.seq).unwrap_or(false)
+                    })
+                };
+                match &write.op {
+                    WriteOp::PutReadings(batch) => {
+                        for r in batch {
+                            let key = keys::reading_key(&r.sensor_id, r.timestamp_ms);
+                            if owned_by_this(readings.get(&key)?) {
+                                readings.remove(key)?;
+                            }
+                        }
+                    }
+                    WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
+                        if owned_by_this(kv.get(key)?) {
+                            kv.remove(key.as_slice())?;
+                        }
+                    }
+                }
+                if !write.request_id.is_empty() && requests.get(&write.request_id)?.is_some_and(|s| *s == seq_key) {
+                    requests.remove(write.request_id.as_slice())?;
+                }
+            }
+            Ok::<_, ConflictableTransactionError<()>>(())
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(()) => write_err(std::io::Error::other("aborted")),
+            TransactionError::Storage(e) => write_err(e),
+        })
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.log.len()
+    }
+
+    /// When the oldest pending write was accepted (node wall clock, ms).
+    pub fn oldest_accepted_at_ms(&self) -> Option<u64> {
+        let (_, value) = self.log.first().ok().flatten()?;
+        keys::decode::<PendingWrite>(&value).ok().map(|p| p.accepted_at_ms)
+    }
+
+    /// The newest pending value of a key, if any.
+    pub fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageError> {
+        match self.kv.get(key).map_err(read_err)? {
+            Some(bytes) => Ok(Some(keys::decode::<Indexed<StoredValue>>(&bytes).map_err(read_err)?.value)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn latest_reading(&self, sensor_id: &str) -> Result<Option<ReadingRow>, StorageError> {
+        match self.readings.scan_prefix(keys::sensor_prefix(sensor_id)).next_back() {
+            Some(row) => decode_row(row).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Pending readings of a sensor in `[from_ms, to_ms]`, in time order.
+    pub fn range_readings(
+        &self,
+        sensor_id: &str,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+        descending: bool,
+    ) -> Result<Vec<ReadingRow>, StorageError> {
+        if from_ms > to_ms {
+            return Ok(Vec::new());
+        }
+        let range = self.readings.range::<Vec<u8>, _>((
+            Bound::Included(keys::reading_key(sensor_id, from_ms)),
+            Bound::Included(keys::reading_key(sensor_id, to_ms)),
+        ));
+        let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if descending { Box::new(range.rev()) } else { Box::new(range) };
+        rows.take(limit).map(decode_row).collect()
+    }
+}
+
+fn decode_row(row: sled::Result<(sled::IVec, sled::IVec)>) -> Result<ReadingRow, StorageError> {
+    let (key, value) = row.map_err(read_err)?;
+    let timestamp_ms = keys::reading_key_timestamp(&key).ok_or_else(|| read_err(std::io::Error::other("short reading key")))?;
+    let indexed: Indexed<StoredReading> = keys::decode(&value).map_err(read_err)?;
+    Ok(ReadingRow { timestamp_ms, reading: indexed.value })
+}
