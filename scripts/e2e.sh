@@ -35,21 +35,7 @@ E2E_DIR=""
 
 # ---------------------------------------------------------------- reporting
 
-verdict() { # name ok(0|1) expected got
-    if (($2 == 0)); then
-        PASSED=$((PASSED + 1))
-        printf 'ok - %s\n' "$1"
-    else
-        FAILED=$((FAILED + 1))
-        printf 'not ok - %s: expected %s got %s\n' "$1" "$3" "$4"
-    fi
-}
-
-check() { # name expected got
-    local ok=1
-    [[ $3 == "$2" ]] && ok=0
-    verdict "$1" "$ok" "$2" "$3"
-}
+# verdict and check come from lib.sh.
 
 step() {
     printf '# %s\n' "$*"

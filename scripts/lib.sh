@@ -173,3 +173,22 @@ else:
     print(v)
 ' "$1"
 }
+
+# Test reporting for the scripts that check expectations (e2e.sh,
+# cap-demo.sh): one `ok - NAME` or `not ok - NAME: expected X got Y` line per
+# check, counted in the caller's PASSED and FAILED.
+verdict() { # name ok(0|1) expected got
+    if (($2 == 0)); then
+        PASSED=$((PASSED + 1))
+        printf 'ok - %s\n' "$1"
+    else
+        FAILED=$((FAILED + 1))
+        printf 'not ok - %s: expected %s got %s\n' "$1" "$3" "$4"
+    fi
+}
+
+check() { # name expected got
+    local ok=1
+    [[ $3 == "$2" ]] && ok=0
+    verdict "$1" "$ok" "$2" "$3"
+}

@@ -24,17 +24,67 @@ stage_e2e() {
     bash "$REPO/scripts/e2e.sh"
 }
 
+# scripts/cap-demo.sh on a cluster of its own (debug binaries, a temporary
+# data dir, ports 18001-18003), with a real partition made by
+# scripts/partition.sh. Root only (iptables). The partition rules are IP-only,
+# so they cut every cluster on 127.0.0.11-13 while the stage runs; stages run
+# one after another, so that is only ever this stage's own cluster.
+# Environment: CAPKV_BIN_DIR (default: 'cargo build --bins', target/debug),
+# CAPKV_CAP_DEMO_NODE_ARGS (node flags; default: none, the node's defaults).
+stage_cap_demo() {
+    if ((EUID != 0)); then
+        echo "cap_demo needs root: it partitions the nodes with iptables (run test.sh as root)"
+        return "$SKIPPED"
+    fi
+    if [[ $(uname -s) != Linux ]]; then
+        echo "cap_demo needs Linux (one loopback address per node, iptables)"
+        return "$SKIPPED"
+    fi
+    if [[ -z ${CAPKV_BIN_DIR:-} ]]; then
+        cargo build --bins
+        CAPKV_BIN_DIR=$REPO/target/debug
+    fi
+    CAP_DEMO_DIR=$(mktemp -d "${TMPDIR:-/tmp}/capkv-cap-demo.XXXXXX")
+    export CAPKV_BIN_DIR CAPKV_DATA_DIR=$CAP_DEMO_DIR CAPKV_BASE_PORT=18001 CAPKV_NODES=3
+    export CAPKV_NODE_ARGS=${CAPKV_CAP_DEMO_NODE_ARGS:-}
+    unset CAPKV_ENDPOINTS
+    # The stage runs in a subshell of its own, so these traps end with it.
+    # The EXIT trap heals even when the demo was killed (its own trap then
+    # never ran), and INT/TERM go through it too.
+    trap cap_demo_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    bash "$REPO/scripts/cluster.sh" start
+    bash "$REPO/scripts/cap-demo.sh"
+}
+
+cap_demo_cleanup() {
+    local status=$? id
+    set +e
+    trap - EXIT INT TERM
+    printf '# cap_demo cleanup: scripts/partition.sh heal, scripts/cluster.sh stop\n'
+    bash "$REPO/scripts/partition.sh" heal
+    bash "$REPO/scripts/cluster.sh" stop
+    if ((status != 0)); then
+        for id in 1 2 3; do
+            [[ -f $CAP_DEMO_DIR/node$id.log ]] || continue
+            printf '# --- last 30 lines of %s ---\n' "$CAP_DEMO_DIR/node$id.log"
+            tail -n 30 "$CAP_DEMO_DIR/node$id.log" | sed 's/^/#   /'
+        done
+        printf '# cap_demo failed (exit %s): kept the data and logs in %s\n' "$status" "$CAP_DEMO_DIR"
+    else
+        rm -rf -- "$CAP_DEMO_DIR"
+    fi
+    exit "$status"
+}
+
 # ---- Add later stages here, and name them in STAGES below. -----------------
 # stage_jepsen_quick() { ...the quick jepsen suite... }
-# stage_cap_demo() {
-#     if ((EUID != 0)); then echo "needs root (network namespaces)"; return "$SKIPPED"; fi
-#     ...
-# }
 STAGES=(
     cargo_test
     e2e
     # jepsen_quick
-    # cap_demo
+    cap_demo
 )
 # -----------------------------------------------------------------------------
 

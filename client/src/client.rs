@@ -1,5 +1,5 @@
-//! The client: channels, leader discovery and the one retry loop every
-//! leader-routed call goes through.
+//! The client: channels, leader discovery, routing by consistency level and
+//! the one retry loop every call goes through.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,11 +13,12 @@ use tonic::{Request, Response, Status};
 
 use crate::endpoint::{normalize_endpoint, normalize_endpoints};
 use crate::error::{classify_status, AttemptFailure};
-use crate::options::{ClientConfig, ReadLevel, WriteLevel};
+use crate::options::{read_options, write_options, ClientConfig, ReadLevel, WriteLevel};
 use crate::proto;
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::kv_service_client::KvServiceClient;
 use crate::proto::sensor_service_client::SensorServiceClient;
+use crate::session::observe_meta;
 use crate::Error;
 
 /// Deadline of a [`Client::node_status`] call. Status reads local state on the
@@ -61,11 +62,19 @@ const MAX_CONSECUTIVE_EMPTY_PAGES: u32 = 100;
 /// remembered leader.
 ///
 /// Every call has one deadline ([`ClientConfig::timeout`]) covering all its
-/// attempts. Leader-routed calls (writes, reads, membership changes) start at
-/// the last known leader, follow "not leader" redirects at once, and move round
-/// robin over the endpoints with jittered exponential backoff on transient
-/// failures. Writes carry one request id for all their attempts, so the server
-/// applies a retried write once.
+/// attempts. Leader-routed calls (`STRONG` writes, compare-and-set,
+/// `LINEARIZABLE` reads, membership changes) start at the last known leader,
+/// follow "not leader" redirects at once, and move round robin over the
+/// endpoints with jittered exponential backoff on transient failures. Calls
+/// any node serves (`LOCAL` and `STRONG_OR_LOCAL` writes, `SESSION`,
+/// `BOUNDED` and `EVENTUAL` reads, the conflict log) go to the preferred
+/// endpoint (the first, until it fails) and move round robin the same way,
+/// but never follow a redirect. With [`ClientConfig::pin_endpoint`] every call
+/// goes to the first endpoint only. Writes carry one request id for all their
+/// attempts, so the server applies a retried write once.
+///
+/// Reads and writes through a plain client carry no session token; see
+/// [`Client::session`] for read-your-writes across nodes.
 ///
 /// Channels are created on first use, so calls need a Tokio runtime.
 #[derive(Clone, Debug)]
@@ -73,6 +82,10 @@ pub struct Client {
     shared: Arc<Shared>,
     read_level: ReadLevel,
     write_level: WriteLevel,
+    /// The token of the [`crate::Session`] this handle belongs to: attached
+    /// to every request and advanced by every response. `None` for a plain
+    /// client.
+    session: Option<Arc<Mutex<proto::SessionToken>>>,
 }
 
 #[derive(Debug)]
@@ -88,18 +101,34 @@ struct Shared {
 struct RoutingState {
     /// Where leader-routed calls start.
     leader: String,
+    /// Where calls that any node serves start: the first endpoint until it
+    /// fails, then the next one in the round robin.
+    preferred: String,
     /// Leader addresses learned from redirects that are not configured
     /// endpoints; part of the round robin.
     learned: Vec<String>,
 }
 
 /// Where the attempts of one call go.
-#[derive(Clone, Debug)]
-enum Route {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
     /// Start at the remembered leader, follow redirects, rotate on failure.
     Leader,
+    /// Start at the preferred endpoint, rotate on failure, never follow a
+    /// redirect: for levels every node serves itself.
+    Any,
     /// Only this node: retries stay on it and redirects are returned as errors.
     Node(String),
+}
+
+/// The route of a call: the pinned node if there is one, else the leader for
+/// calls that need it, else any node.
+pub(crate) fn choose_route(pinned: Option<&str>, leader_routed: bool) -> Route {
+    match pinned {
+        Some(addr) => Route::Node(addr.to_string()),
+        None if leader_routed => Route::Leader,
+        None => Route::Any,
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +165,52 @@ impl RangeQuery {
     }
 }
 
+/// What [`Client::compare_and_set`] compares the key's current state with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// The key's current version, exactly (from a previous read or write).
+    Version(proto::Version),
+    /// The key has no live value (never written, or deleted).
+    Absent,
+}
+
+impl Expected {
+    fn to_proto(self) -> proto::compare_and_set_request::Expected {
+        match self {
+            Expected::Version(version) => {
+                proto::compare_and_set_request::Expected::ExpectedVersion(version)
+            }
+            Expected::Absent => proto::compare_and_set_request::Expected::ExpectedAbsent(true),
+        }
+    }
+}
+
+/// Responses that carry [`proto::ResponseMeta`], so a session can learn from
+/// them.
+trait HasMeta {
+    fn meta(&self) -> Option<&proto::ResponseMeta>;
+}
+
+macro_rules! has_meta {
+    ($($response:ty),* $(,)?) => {
+        $(impl HasMeta for $response {
+            fn meta(&self) -> Option<&proto::ResponseMeta> {
+                self.meta.as_ref()
+            }
+        })*
+    };
+}
+
+has_meta!(
+    proto::PutReadingsResponse,
+    proto::LatestReadingResponse,
+    proto::RangeReadingsResponse,
+    proto::PutResponse,
+    proto::GetResponse,
+    proto::DeleteResponse,
+    proto::CompareAndSetResponse,
+);
+
 impl Client {
     /// A client with the default [`ClientConfig`]. Endpoints are `host:port`.
     /// No connection is made yet; an empty list or a malformed address is
@@ -164,16 +239,20 @@ impl Client {
                 config,
                 channels: Mutex::new(HashMap::new()),
                 routing: Mutex::new(RoutingState {
-                    leader: first,
+                    leader: first.clone(),
+                    preferred: first,
                     learned: Vec::new(),
                 }),
             }),
             read_level,
             write_level,
+            session: None,
         })
     }
 
-    /// A handle that sends reads at `level`; shares everything else.
+    /// A handle that sends reads at `level`; shares everything else. A
+    /// [`ReadLevel::Bounded`] below 1 ms makes its reads fail with
+    /// [`Error::InvalidConfig`] (see [`ReadLevel::validate`]).
     pub fn with_read_level(&self, level: ReadLevel) -> Client {
         Client {
             read_level: level,
@@ -181,12 +260,36 @@ impl Client {
         }
     }
 
-    /// A handle that sends writes at `level`; shares everything else.
+    /// A handle that sends writes at `level`; shares everything else. A
+    /// [`WriteLevel::StrongOrLocal`] budget below 1 ms makes its writes fail
+    /// with [`Error::InvalidConfig`] (see [`WriteLevel::validate`]).
     pub fn with_write_level(&self, level: WriteLevel) -> Client {
         Client {
             write_level: level,
             ..self.clone()
         }
+    }
+
+    /// The level this handle's reads ask for.
+    pub fn read_level(&self) -> ReadLevel {
+        self.read_level
+    }
+
+    /// The level this handle's writes ask for.
+    pub fn write_level(&self) -> WriteLevel {
+        self.write_level
+    }
+
+    /// A handle whose requests carry `token` and whose responses advance it.
+    pub(crate) fn with_session_token(&self, token: Arc<Mutex<proto::SessionToken>>) -> Client {
+        Client {
+            session: Some(token),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn session_token(&self) -> Option<&Arc<Mutex<proto::SessionToken>>> {
+        self.session.as_ref()
     }
 
     /// The configured endpoints, normalized to `host:port`.
@@ -203,6 +306,11 @@ impl Client {
         self.routing().leader.clone()
     }
 
+    /// The address calls any node serves will try first.
+    pub fn preferred_address(&self) -> String {
+        self.routing().preferred.clone()
+    }
+
     // ----- sensor readings -------------------------------------------------
 
     /// Stores a batch of readings as one Raft entry (all or nothing).
@@ -212,9 +320,9 @@ impl Client {
     ) -> Result<proto::PutReadingsResponse, Error> {
         let request = proto::PutReadingsRequest {
             readings,
-            options: Some(self.write_options()),
+            options: Some(self.write_options()?),
         };
-        self.call(self.leader_plan(), request, |channel, request| async move {
+        self.data_call(self.write_plan(), request, |channel, request| async move {
             sensor_client(channel).put_readings(request).await
         })
         .await
@@ -245,9 +353,9 @@ impl Client {
     ) -> Result<proto::LatestReadingResponse, Error> {
         let request = proto::LatestReadingRequest {
             sensor_id: sensor_id.into(),
-            options: Some(self.read_options()),
+            options: Some(self.read_options()?),
         };
-        self.call(self.leader_plan(), request, |channel, request| async move {
+        self.data_call(self.read_plan(), request, |channel, request| async move {
             sensor_client(channel).latest_reading(request).await
         })
         .await
@@ -266,9 +374,9 @@ impl Client {
             limit: query.limit,
             page_token: query.page_token,
             descending: query.descending,
-            options: Some(self.read_options()),
+            options: Some(self.read_options()?),
         };
-        self.call(self.leader_plan(), request, |channel, request| async move {
+        self.data_call(self.read_plan(), request, |channel, request| async move {
             sensor_client(channel).range_readings(request).await
         })
         .await
@@ -340,9 +448,9 @@ impl Client {
         let request = proto::PutRequest {
             key: key.into(),
             value: value.into(),
-            options: Some(self.write_options()),
+            options: Some(self.write_options()?),
         };
-        self.call(self.leader_plan(), request, |channel, request| async move {
+        self.data_call(self.write_plan(), request, |channel, request| async move {
             kv_client(channel).put(request).await
         })
         .await
@@ -352,9 +460,9 @@ impl Client {
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<proto::GetResponse, Error> {
         let request = proto::GetRequest {
             key: key.into(),
-            options: Some(self.read_options()),
+            options: Some(self.read_options()?),
         };
-        self.call(self.leader_plan(), request, |channel, request| async move {
+        self.data_call(self.read_plan(), request, |channel, request| async move {
             kv_client(channel).get(request).await
         })
         .await
@@ -364,10 +472,36 @@ impl Client {
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<proto::DeleteResponse, Error> {
         let request = proto::DeleteRequest {
             key: key.into(),
-            options: Some(self.write_options()),
+            options: Some(self.write_options()?),
         };
-        self.call(self.leader_plan(), request, |channel, request| async move {
+        self.data_call(self.write_plan(), request, |channel, request| async move {
             kv_client(channel).delete(request).await
+        })
+        .await
+    }
+
+    /// Writes `value` only if the key's current state is `expected`, in one
+    /// step in the Raft log. A failed comparison is an answer, not an error:
+    /// `succeeded` is false and the response carries the current version (and
+    /// value, when the key has a live one).
+    ///
+    /// Always leader-routed, with one request id for all retries. Only
+    /// [`WriteLevel::Strong`] can compare-and-set: at any other level of this
+    /// handle the server answers [`Error::FailedPrecondition`].
+    pub async fn compare_and_set(
+        &self,
+        key: impl Into<Vec<u8>>,
+        expected: Expected,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<proto::CompareAndSetResponse, Error> {
+        let request = proto::CompareAndSetRequest {
+            key: key.into(),
+            expected: Some(expected.to_proto()),
+            value: value.into(),
+            options: Some(self.write_options()?),
+        };
+        self.data_call(self.leader_plan(), request, |channel, request| async move {
+            kv_client(channel).compare_and_set(request).await
         })
         .await
     }
@@ -451,7 +585,41 @@ impl Client {
         .await
     }
 
+    /// The conflict log: provisional writes that lost to a newer version when
+    /// they were reconciled, most recent first, at most `limit` (0 means the
+    /// server's default of 100). The log is replicated, so any node answers.
+    pub async fn list_conflicts(&self, limit: u32) -> Result<proto::ListConflictsResponse, Error> {
+        let plan = self.plan(choose_route(self.pinned(), false));
+        self.call(
+            plan,
+            proto::ListConflictsRequest { limit },
+            |channel, request| async move { admin_client(channel).list_conflicts(request).await },
+        )
+        .await
+    }
+
     // ----- the retry loop --------------------------------------------------
+
+    /// [`Client::call`] for data operations: a session's token learns from
+    /// the response.
+    async fn data_call<Req, Resp, F, Fut>(
+        &self,
+        plan: CallPlan,
+        message: Req,
+        rpc: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        Resp: HasMeta,
+        F: FnMut(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let response = self.call(plan, message, rpc).await?;
+        if let (Some(token), Some(meta)) = (&self.session, response.meta()) {
+            observe_meta(token, meta);
+        }
+        Ok(response)
+    }
 
     /// Runs one logical call: sends `message` (cloned per attempt, so a
     /// write's request id is the same in every attempt) through `rpc`, and
@@ -471,6 +639,7 @@ impl Client {
         let follow_leader = matches!(plan.route, Route::Leader);
         let mut target = match &plan.route {
             Route::Leader => self.leader_address(),
+            Route::Any => self.preferred_address(),
             Route::Node(addr) => addr.clone(),
         };
         let mut attempts: u32 = 0;
@@ -521,25 +690,30 @@ impl Client {
                         message: format!("{target}: {message}"),
                         leader: Some((leader_id, leader_addr.clone())),
                     };
-                    if !follow_leader {
-                        return Err(error);
-                    }
-                    if leader_addr == target {
-                        // The node names itself yet cannot serve (for example a
-                        // leader that lost its quorum): treat as transient.
-                        error
-                    } else {
-                        if attempts >= plan.max_attempts {
-                            return Err(error);
+                    match plan.route {
+                        // Pinned: the caller wants this node's answer.
+                        Route::Node(_) => return Err(error),
+                        // Levels every node serves itself are never
+                        // redirected by a current server; if one does, the
+                        // node cannot serve now: try the next one, like any
+                        // UNAVAILABLE.
+                        Route::Any => error,
+                        // The node names itself yet cannot serve (for example
+                        // a leader that lost its quorum): treat as transient.
+                        Route::Leader if leader_addr == target => error,
+                        Route::Leader => {
+                            if attempts >= plan.max_attempts {
+                                return Err(error);
+                            }
+                            last_error = Some(error);
+                            self.remember_leader(&leader_addr);
+                            let disagreement = redirected_by.contains(&leader_addr);
+                            redirected_by.push(std::mem::replace(&mut target, leader_addr));
+                            if disagreement {
+                                self.sleep_backoff(&mut backoffs, deadline).await;
+                            }
+                            continue;
                         }
-                        last_error = Some(error);
-                        self.remember_leader(&leader_addr);
-                        let disagreement = redirected_by.contains(&leader_addr);
-                        redirected_by.push(std::mem::replace(&mut target, leader_addr));
-                        if disagreement {
-                            self.sleep_backoff(&mut backoffs, deadline).await;
-                        }
-                        continue;
                     }
                 }
                 AttemptFailure::Retryable(error) => with_node(error, &target),
@@ -555,8 +729,8 @@ impl Client {
             }
             last_error = Some(retryable);
             self.sleep_backoff(&mut backoffs, deadline).await;
-            if follow_leader {
-                target = self.rotate_from(&target);
+            if !matches!(plan.route, Route::Node(_)) {
+                target = self.rotate_from(&target, &plan.route);
             }
         }
     }
@@ -570,13 +744,16 @@ impl Client {
         tokio::time::sleep(delay.min(remaining)).await;
     }
 
-    fn leader_plan(&self) -> CallPlan {
+    /// The pinned endpoint, when [`ClientConfig::pin_endpoint`] is set.
+    fn pinned(&self) -> Option<&str> {
+        self.shared
+            .config
+            .pin_endpoint
+            .then(|| self.shared.endpoints[0].as_str())
+    }
+
+    fn plan(&self, route: Route) -> CallPlan {
         let config = &self.shared.config;
-        let route = if config.pin_endpoint {
-            Route::Node(self.shared.endpoints[0].clone())
-        } else {
-            Route::Leader
-        };
         CallPlan {
             route,
             timeout: config.timeout,
@@ -584,19 +761,40 @@ impl Client {
         }
     }
 
-    fn write_options(&self) -> proto::WriteOptions {
-        proto::WriteOptions {
-            consistency: self.write_level.to_proto() as i32,
-            request_id: new_request_id(),
-            session: None,
-        }
+    /// For calls only the leader serves (or the pinned node).
+    fn leader_plan(&self) -> CallPlan {
+        self.plan(choose_route(self.pinned(), true))
     }
 
-    fn read_options(&self) -> proto::ReadOptions {
-        proto::ReadOptions {
-            consistency: self.read_level.to_proto() as i32,
-            session: None,
-        }
+    /// For writes at this handle's level.
+    fn write_plan(&self) -> CallPlan {
+        self.plan(choose_route(
+            self.pinned(),
+            self.write_level.is_leader_routed(),
+        ))
+    }
+
+    /// For reads at this handle's level.
+    fn read_plan(&self) -> CallPlan {
+        self.plan(choose_route(
+            self.pinned(),
+            self.read_level.is_leader_routed(),
+        ))
+    }
+
+    /// A copy of the session token, for a request of a session.
+    fn token_to_send(&self) -> Option<proto::SessionToken> {
+        self.session.as_ref().map(|token| lock(token).clone())
+    }
+
+    /// Options for one logical write: a fresh request id that every retry
+    /// reuses, and the session's token.
+    fn write_options(&self) -> Result<proto::WriteOptions, Error> {
+        write_options(self.write_level, new_request_id(), self.token_to_send())
+    }
+
+    fn read_options(&self) -> Result<proto::ReadOptions, Error> {
+        read_options(self.read_level, self.token_to_send())
     }
 
     // ----- channels and routing state --------------------------------------
@@ -643,10 +841,11 @@ impl Client {
     }
 
     /// The next address after `failed` in the round robin over configured
-    /// endpoints and learned leaders. If `failed` was the remembered leader,
-    /// the next address takes its place, so later calls do not start at a
-    /// node that just failed.
-    fn rotate_from(&self, failed: &str) -> String {
+    /// endpoints and learned leaders. If `failed` was where calls of `route`
+    /// start (the remembered leader, or the preferred endpoint), the next
+    /// address takes its place, so later calls do not start at a node that
+    /// just failed.
+    fn rotate_from(&self, failed: &str, route: &Route) -> String {
         let mut routing = self.routing();
         let candidates: Vec<&String> = self
             .shared
@@ -658,8 +857,13 @@ impl Client {
             Some(index) => candidates[(index + 1) % candidates.len()].clone(),
             None => candidates[0].clone(),
         };
-        if routing.leader == failed {
-            routing.leader = next.clone();
+        let start = match route {
+            Route::Leader => &mut routing.leader,
+            Route::Any => &mut routing.preferred,
+            Route::Node(_) => return failed.to_string(),
+        };
+        if start == failed {
+            *start = next.clone();
         }
         next
     }
@@ -692,13 +896,15 @@ fn validate_config(config: &ClientConfig) -> Result<(), Error> {
             "connect_timeout must be greater than zero".to_string(),
         ));
     }
+    config.read_level.validate()?;
+    config.write_level.validate()?;
     Ok(())
 }
 
 /// Locks a mutex, ignoring poisoning: the guarded maps stay consistent even
 /// if a holder panicked, and a client must not panic because another thread
 /// did.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -827,16 +1033,119 @@ mod tests {
     #[test]
     fn round_robin_covers_endpoints_and_learned_leaders() {
         let client = Client::connect(["a:1", "b:2", "c:3"]).expect("valid endpoints");
+        let leader = Route::Leader;
         assert_eq!(client.leader_address(), "a:1");
-        assert_eq!(client.rotate_from("a:1"), "b:2");
-        // The failed remembered leader is replaced by the next address.
+        assert_eq!(client.rotate_from("a:1", &leader), "b:2");
+        // The failed remembered leader is replaced by the next address; the
+        // preferred endpoint of any-node calls is not.
         assert_eq!(client.leader_address(), "b:2");
-        assert_eq!(client.rotate_from("c:3"), "a:1");
+        assert_eq!(client.preferred_address(), "a:1");
+        assert_eq!(client.rotate_from("c:3", &leader), "a:1");
         client.remember_leader("d:4");
         assert_eq!(client.leader_address(), "d:4");
-        assert_eq!(client.rotate_from("c:3"), "d:4");
-        assert_eq!(client.rotate_from("d:4"), "a:1");
-        assert_eq!(client.rotate_from("unknown:9"), "a:1");
+        assert_eq!(client.rotate_from("c:3", &leader), "d:4");
+        assert_eq!(client.rotate_from("d:4", &leader), "a:1");
+        assert_eq!(client.rotate_from("unknown:9", &leader), "a:1");
+    }
+
+    #[test]
+    fn any_node_calls_rotate_their_own_starting_point() {
+        let client = Client::connect(["a:1", "b:2"]).expect("valid endpoints");
+        client.remember_leader("b:2");
+        assert_eq!(client.preferred_address(), "a:1");
+        assert_eq!(client.rotate_from("a:1", &Route::Any), "b:2");
+        assert_eq!(client.preferred_address(), "b:2");
+        assert_eq!(client.leader_address(), "b:2");
+        // A pinned call never moves.
+        assert_eq!(client.rotate_from("b:2", &Route::Node("b:2".into())), "b:2");
+        assert_eq!(client.preferred_address(), "b:2");
+    }
+
+    #[test]
+    fn routes_follow_the_level_and_the_pin() {
+        let any = Route::Any;
+        let leader = Route::Leader;
+        let pinned = Route::Node("a:1".into());
+        let bounded = ReadLevel::Bounded {
+            max_staleness: Duration::from_millis(5),
+        };
+        // (pin_endpoint, write level, read level, write route, read route)
+        let cases = [
+            (
+                false,
+                WriteLevel::Strong,
+                ReadLevel::Linearizable,
+                &leader,
+                &leader,
+            ),
+            (false, WriteLevel::Local, ReadLevel::Session, &any, &any),
+            (
+                false,
+                WriteLevel::StrongOrLocal { budget: None },
+                bounded,
+                &any,
+                &any,
+            ),
+            (
+                false,
+                WriteLevel::Strong,
+                ReadLevel::Eventual,
+                &leader,
+                &any,
+            ),
+            (
+                true,
+                WriteLevel::Strong,
+                ReadLevel::Linearizable,
+                &pinned,
+                &pinned,
+            ),
+            (
+                true,
+                WriteLevel::Local,
+                ReadLevel::Eventual,
+                &pinned,
+                &pinned,
+            ),
+        ];
+        for (pin_endpoint, write_level, read_level, write_route, read_route) in cases {
+            let config = ClientConfig {
+                pin_endpoint,
+                ..ClientConfig::default()
+            };
+            let client = Client::with_config(["a:1", "b:2"], config)
+                .expect("valid")
+                .with_write_level(write_level)
+                .with_read_level(read_level);
+            let case = format!("pinned={pin_endpoint} {write_level} {read_level}");
+            assert_eq!(&client.write_plan().route, write_route, "{case}");
+            assert_eq!(&client.read_plan().route, read_route, "{case}");
+            // Compare-and-set and membership changes need the leader at any
+            // level (or go to the pinned node).
+            let expected_leader_route = if pin_endpoint { &pinned } else { &leader };
+            assert_eq!(&client.leader_plan().route, expected_leader_route, "{case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_levels_fail_before_any_request() {
+        let client = Client::connect(["a:1"]).expect("valid");
+        let error = client
+            .with_read_level(ReadLevel::Bounded {
+                max_staleness: Duration::ZERO,
+            })
+            .get("k")
+            .await
+            .expect_err("a zero bound");
+        assert!(matches!(error, Error::InvalidConfig(_)), "{error:?}");
+        let error = client
+            .with_write_level(WriteLevel::StrongOrLocal {
+                budget: Some(Duration::from_micros(10)),
+            })
+            .put("k", "v")
+            .await
+            .expect_err("a sub-millisecond budget");
+        assert!(matches!(error, Error::InvalidConfig(_)), "{error:?}");
     }
 
     #[test]
@@ -865,6 +1174,18 @@ mod tests {
             },
             ClientConfig {
                 timeout: Duration::MAX,
+                ..ClientConfig::default()
+            },
+            ClientConfig {
+                read_level: ReadLevel::Bounded {
+                    max_staleness: Duration::ZERO,
+                },
+                ..ClientConfig::default()
+            },
+            ClientConfig {
+                write_level: WriteLevel::StrongOrLocal {
+                    budget: Some(Duration::ZERO),
+                },
                 ..ClientConfig::default()
             },
         ];

@@ -62,12 +62,17 @@ impl NodeReport {
 impl Client {
     /// Asks every configured endpoint for its status concurrently, then every
     /// member (voter or learner) named in the answers that was not asked yet.
-    /// Fails only when no node answers.
+    /// With [`crate::ClientConfig::pin_endpoint`], asks only the first
+    /// endpoint. Fails only when no node answers.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, Error> {
         let mut asked: Vec<String> = Vec::new();
         let mut results: Vec<(String, Result<proto::NodeStatus, Error>)> = Vec::new();
-        let mut to_ask: Vec<String> = self.endpoints().to_vec();
-        for _round in 0..MAX_STATUS_ROUNDS {
+        let (mut to_ask, rounds) = if self.config().pin_endpoint {
+            (self.endpoints()[..1].to_vec(), 1)
+        } else {
+            (self.endpoints().to_vec(), MAX_STATUS_ROUNDS)
+        };
+        for _round in 0..rounds {
             to_ask.truncate(MAX_STATUS_NODES.saturating_sub(asked.len()));
             if to_ask.is_empty() {
                 break;

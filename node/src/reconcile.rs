@@ -43,7 +43,10 @@ pub fn spawn(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) -> JoinHand
             if *stop.borrow() {
                 return;
             }
-            let batch = match ctx.provisional.oldest(RECONCILE_BATCH_MAX_WRITES, RECONCILE_BATCH_MAX_BYTES) {
+            let batch = match ctx
+                .provisional
+                .oldest(RECONCILE_BATCH_MAX_WRITES, RECONCILE_BATCH_MAX_BYTES)
+            {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the provisional store");
@@ -59,17 +62,30 @@ pub fn spawn(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) -> JoinHand
                 continue;
             }
             let (first, last) = (batch[0].seq, batch[batch.len() - 1].seq);
-            let command = Command::Reconcile { origin: ctx.id, writes: batch.clone() };
+            let command = Command::Reconcile {
+                origin: ctx.id,
+                writes: batch.clone(),
+            };
             let result = match ctx.propose(command).await {
                 Ok(committed) => {
                     let applied = ctx
                         .raft
                         .wait(Some(Duration::from_millis(RECONCILE_APPLY_WAIT_MS)))
-                        .applied_index_at_least(Some(committed.log_index), "reconciled batch applied here")
+                        .applied_index_at_least(
+                            Some(committed.log_index),
+                            "reconciled batch applied here",
+                        )
                         .await;
                     match applied {
-                        Ok(_) => ctx.provisional.remove(&batch).map(|_| committed).map_err(|e| e.to_string()),
-                        Err(e) => Err(format!("committed at {} but not applied here yet: {e}", committed.log_index)),
+                        Ok(_) => ctx
+                            .provisional
+                            .remove(&batch)
+                            .map(|_| committed)
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(format!(
+                            "committed at {} but not applied here yet: {e}",
+                            committed.log_index
+                        )),
                     }
                 }
                 Err(e) => Err(e.to_string()),
@@ -90,8 +106,19 @@ pub fn spawn(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) -> JoinHand
                         .saturating_mul(1u64 << failures.min(16))
                         .min(RECONCILE_BACKOFF_MAX_MS);
                     let delay = rand::thread_rng().gen_range(ceiling / 2..=ceiling);
+                    // A new leader (a healed partition, a finished election)
+                    // ends the backoff at once: that is when a retry works.
+                    let then = {
+                        let m = ctx.raft.metrics().borrow().clone();
+                        (m.current_leader, m.current_term)
+                    };
+                    let mut metrics = ctx.raft.metrics();
+                    let new_leader = metrics.wait_for(|m| {
+                        m.current_leader.is_some() && (m.current_leader, m.current_term) != then
+                    });
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+                        _ = new_leader => {}
                         _ = stop.changed() => {}
                     }
                 }

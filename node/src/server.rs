@@ -24,8 +24,8 @@ use crate::network::client::NetworkFactory;
 use crate::network::server::RaftServer;
 use crate::network::LeaderContact;
 use crate::network::LinkFilter;
-use crate::reconcile;
 use crate::network::MAX_RAFT_MESSAGE_BYTES;
+use crate::reconcile;
 use crate::service::admin::AdminApi;
 use crate::service::kv::KvApi;
 use crate::service::sensor::SensorApi;
@@ -89,10 +89,14 @@ pub async fn start_with_links(
     config.validate()?;
     let addr = listener.local_addr()?;
     let clock = Arc::new(HybridClock::new(config.id));
-    let stores =
-        store::open(&config.data_dir, clock.clone()).with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let stores = store::open(&config.data_dir, clock.clone())
+        .with_context(|| format!("opening {}", config.data_dir.display()))?;
     let reads = stores.state_machine.read_view();
-    let source_ip = if addr.ip().is_unspecified() { None } else { Some(addr.ip()) };
+    let source_ip = if addr.ip().is_unspecified() {
+        None
+    } else {
+        Some(addr.ip())
+    };
     let network = NetworkFactory::new(config.id, source_ip, links);
     let raft = Raft::new(
         config.id,
@@ -123,17 +127,27 @@ pub async fn start_with_links(
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<SensorServiceServer<SensorApi>>().await;
-    health_reporter.set_serving::<KvServiceServer<KvApi>>().await;
-    health_reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
+    health_reporter
+        .set_serving::<SensorServiceServer<SensorApi>>()
+        .await;
+    health_reporter
+        .set_serving::<KvServiceServer<KvApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServiceServer<AdminApi>>()
+        .await;
     // Reflection in both versions: grpcurl and many IDEs still ask v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(capkv_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1().context("building the reflection service")?;
-    let reflection_v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
+    let reflection_v1 = reflection()
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the reflection service")?;
 
     let router = tonic::transport::Server::builder()
         .add_service(health_service)

@@ -83,7 +83,10 @@ pub enum Command {
     /// order, proposed by its reconciler. Applied last-writer-wins; a write
     /// whose `seq` is at or below the origin's reconciled high-water mark was
     /// applied before and changes nothing.
-    Reconcile { origin: NodeId, writes: Vec<ProvisionalWrite> },
+    Reconcile {
+        origin: NodeId,
+        writes: Vec<ProvisionalWrite>,
+    },
 }
 
 /// A write a node accepted as LOCAL, as it travels in a `Reconcile` entry.

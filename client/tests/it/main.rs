@@ -9,7 +9,9 @@ use std::time::Duration;
 use capkv_client::proto::admin_service_server::{AdminService, AdminServiceServer};
 use capkv_client::proto::kv_service_server::{KvService, KvServiceServer};
 use capkv_client::proto::sensor_service_server::{SensorService, SensorServiceServer};
-use capkv_client::{proto, Client, ClientConfig, Error, RangeQuery};
+use capkv_client::{
+    proto, Client, ClientConfig, Error, Expected, RangeQuery, ReadLevel, Session, WriteLevel,
+};
 use tokio::net::TcpListener;
 use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
@@ -53,6 +55,12 @@ struct Seen {
     method: &'static str,
     request_id: Vec<u8>,
     had_deadline: bool,
+    /// The write or read level asked for (0 when the request had no options).
+    consistency: i32,
+    /// The session token the request carried.
+    session: Option<proto::SessionToken>,
+    /// WriteOptions.strong_budget_ms or ReadOptions.max_staleness_ms.
+    level_ms: u64,
 }
 
 type Log = Arc<Mutex<Vec<Seen>>>;
@@ -64,8 +72,20 @@ enum Behaviour {
         id: u64,
         addr: String,
     },
+    /// UNAVAILABLE with this message and no leader.
+    Unavailable(String),
     Answer,
 }
+
+/// What the fake puts into the metadata of its answers.
+#[derive(Clone, Debug, Default)]
+struct Reply {
+    session: Option<proto::SessionToken>,
+    provisional_write: Option<proto::WriteId>,
+}
+
+/// A value and its version.
+type Stored = (Vec<u8>, proto::Version);
 
 #[derive(Clone)]
 struct FakeKv {
@@ -73,10 +93,13 @@ struct FakeKv {
     node_id: u64,
     behaviour: Arc<Mutex<Behaviour>>,
     log: Log,
+    reply: Arc<Mutex<Reply>>,
+    /// The one value this fake stores (whatever the key), for compare-and-set.
+    stored: Arc<Mutex<Option<Stored>>>,
 }
 
 impl FakeKv {
-    fn record<T>(
+    fn record_write<T>(
         &self,
         method: &'static str,
         request: &Request<T>,
@@ -87,12 +110,33 @@ impl FakeKv {
             method,
             request_id: options.map(|o| o.request_id.clone()).unwrap_or_default(),
             had_deadline: request.metadata().get("grpc-timeout").is_some(),
+            consistency: options.map_or(0, |o| o.consistency),
+            session: options.and_then(|o| o.session.clone()),
+            level_ms: options.map_or(0, |o| o.strong_budget_ms),
+        });
+    }
+
+    fn record_read<T>(
+        &self,
+        method: &'static str,
+        request: &Request<T>,
+        options: Option<&proto::ReadOptions>,
+    ) {
+        self.log.lock().unwrap().push(Seen {
+            server: self.name,
+            method,
+            request_id: Vec::new(),
+            had_deadline: request.metadata().get("grpc-timeout").is_some(),
+            consistency: options.map_or(0, |o| o.consistency),
+            session: options.and_then(|o| o.session.clone()),
+            level_ms: options.map_or(0, |o| o.max_staleness_ms),
         });
     }
 
     fn refuse(&self) -> Option<Status> {
         match &*self.behaviour.lock().unwrap() {
             Behaviour::Answer => None,
+            Behaviour::Unavailable(message) => Some(Status::unavailable(message.clone())),
             Behaviour::RedirectTo { id, addr } => {
                 let mut status =
                     Status::unavailable(format!("node {} is not the leader", self.node_id));
@@ -111,10 +155,21 @@ impl FakeKv {
     }
 
     fn meta(&self) -> Option<proto::ResponseMeta> {
+        let reply = self.reply.lock().unwrap().clone();
         Some(proto::ResponseMeta {
             served_by: self.node_id,
+            session: reply.session,
+            provisional_write: reply.provisional_write,
             ..proto::ResponseMeta::default()
         })
+    }
+
+    fn version(&self, physical_ms: u64) -> proto::Version {
+        proto::Version {
+            physical_ms,
+            logical: 0,
+            origin_node: self.node_id,
+        }
     }
 }
 
@@ -124,7 +179,7 @@ impl KvService for FakeKv {
         &self,
         request: Request<proto::PutRequest>,
     ) -> Result<Response<proto::PutResponse>, Status> {
-        self.record("put", &request, request.get_ref().options.as_ref());
+        self.record_write("put", &request, request.get_ref().options.as_ref());
         if let Some(status) = self.refuse() {
             return Err(status);
         }
@@ -142,7 +197,7 @@ impl KvService for FakeKv {
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
-        self.record("get", &request, None);
+        self.record_read("get", &request, request.get_ref().options.as_ref());
         if let Some(status) = self.refuse() {
             return Err(status);
         }
@@ -161,8 +216,55 @@ impl KvService for FakeKv {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        self.record("delete", &request, request.get_ref().options.as_ref());
+        self.record_write("delete", &request, request.get_ref().options.as_ref());
         Err(Status::unimplemented("not in this fake"))
+    }
+
+    /// Compares with the one stored value; only STRONG, like the server.
+    async fn compare_and_set(
+        &self,
+        request: Request<proto::CompareAndSetRequest>,
+    ) -> Result<Response<proto::CompareAndSetResponse>, Status> {
+        self.record_write("cas", &request, request.get_ref().options.as_ref());
+        if let Some(status) = self.refuse() {
+            return Err(status);
+        }
+        let request = request.into_inner();
+        let consistency = request.options.as_ref().map_or(0, |o| o.consistency);
+        if consistency != proto::WriteConsistency::Strong as i32 {
+            return Err(Status::failed_precondition(
+                "compare-and-set needs STRONG; LOCAL writes have no single order",
+            ));
+        }
+        let mut stored = self.stored.lock().unwrap();
+        let current_version = stored.as_ref().map(|(_, version)| *version);
+        let matches = match request.expected {
+            Some(proto::compare_and_set_request::Expected::ExpectedVersion(expected)) => {
+                current_version == Some(expected)
+            }
+            Some(proto::compare_and_set_request::Expected::ExpectedAbsent(true)) => {
+                stored.is_none()
+            }
+            _ => return Err(Status::invalid_argument("expected is required")),
+        };
+        if !matches {
+            return Ok(Response::new(proto::CompareAndSetResponse {
+                meta: self.meta(),
+                succeeded: false,
+                version: current_version,
+                current_found: stored.is_some(),
+                current_value: stored.as_ref().map(|(v, _)| v.clone()).unwrap_or_default(),
+            }));
+        }
+        let version = self.version(current_version.map_or(1, |v| v.physical_ms + 1));
+        *stored = Some((request.value, version));
+        Ok(Response::new(proto::CompareAndSetResponse {
+            meta: self.meta(),
+            succeeded: true,
+            version: Some(version),
+            current_found: false,
+            current_value: Vec::new(),
+        }))
     }
 }
 
@@ -177,6 +279,8 @@ async fn kv_server(
         node_id,
         behaviour: Arc::new(Mutex::new(behaviour)),
         log: Arc::clone(log),
+        reply: Arc::default(),
+        stored: Arc::default(),
     };
     let addr = serve(Server::builder().add_service(KvServiceServer::new(fake.clone()))).await;
     (addr, fake)
@@ -464,6 +568,22 @@ impl AdminService for FakeAdmin {
     ) -> Result<Response<proto::NodeStatus>, Status> {
         Ok(Response::new(self.status.clone()))
     }
+
+    /// One conflict whose log index echoes the limit asked for, so a test
+    /// sees what was sent; the total is this node's id times ten.
+    async fn list_conflicts(
+        &self,
+        request: Request<proto::ListConflictsRequest>,
+    ) -> Result<Response<proto::ListConflictsResponse>, Status> {
+        Ok(Response::new(proto::ListConflictsResponse {
+            conflicts: vec![proto::Conflict {
+                key: b"k".to_vec(),
+                log_index: u64::from(request.into_inner().limit),
+                ..proto::Conflict::default()
+            }],
+            total: self.status.id * 10,
+        }))
+    }
 }
 
 /// Reserves a port for a server started later, so member lists can name it.
@@ -528,6 +648,19 @@ async fn cluster_status_discovers_members_and_reports_unreachable_ones() {
     );
     assert!(cluster.nodes[2].error.is_some());
 
+    // A pinned client asks only its node: no discovery of the others.
+    let pinned = Client::with_config(
+        [addr_1.as_str()],
+        ClientConfig {
+            pin_endpoint: true,
+            ..fast_config()
+        },
+    )
+    .expect("valid");
+    let cluster = pinned.cluster_status().await.expect("node 1 answers");
+    assert_eq!(cluster.nodes.len(), 1);
+    assert_eq!(cluster.leader, Some(1));
+
     // init goes to the first endpoint and reports "already initialized".
     let init = client.init(Vec::new()).await.expect("init");
     assert!(init.already_initialized);
@@ -540,4 +673,408 @@ async fn cluster_status_fails_only_when_no_node_answers() {
         .expect("valid");
     let error = client.cluster_status().await.expect_err("nobody home");
     assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn list_conflicts_goes_to_the_preferred_node() {
+    let status = proto::NodeStatus {
+        id: 2,
+        role: "follower".into(),
+        ..proto::NodeStatus::default()
+    };
+    let addr =
+        serve(Server::builder().add_service(AdminServiceServer::new(FakeAdmin { status }))).await;
+    let client = Client::with_config([addr.as_str()], fast_config()).expect("valid");
+    let response = client.list_conflicts(25).await.expect("any node answers");
+    assert_eq!(response.total, 20);
+    assert_eq!(response.conflicts[0].log_index, 25, "the limit is sent");
+}
+
+// ----- consistency levels, routing and sessions ------------------------------
+
+fn token(commit_index: u64, provisional: &[(u64, u64)]) -> proto::SessionToken {
+    proto::SessionToken {
+        commit_index,
+        provisional_seq: provisional.iter().copied().collect(),
+    }
+}
+
+fn write_id(origin_node: u64, seq: u64) -> Option<proto::WriteId> {
+    Some(proto::WriteId { origin_node, seq })
+}
+
+/// The log's entries from `start` on, as (server, method, consistency).
+fn calls(log: &Log, start: usize) -> Vec<(&'static str, &'static str, i32)> {
+    log.lock().unwrap()[start..]
+        .iter()
+        .map(|s| (s.server, s.method, s.consistency))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_session_attaches_its_token_and_merges_the_tokens_it_gets_back() {
+    let log = Log::default();
+    let (addr, node) = kv_server("n3", 3, Behaviour::Answer, &log).await;
+    let client = Client::with_config([addr.as_str()], fast_config()).expect("valid");
+    let session = client.session();
+    assert_eq!(session.read_level(), ReadLevel::Session);
+    assert_eq!(session.write_level(), WriteLevel::Strong);
+
+    // A LOCAL write: the node answers with a higher commit index and the
+    // write's provisional seq.
+    *node.reply.lock().unwrap() = Reply {
+        session: Some(token(10, &[(3, 7)])),
+        provisional_write: write_id(3, 7),
+    };
+    session
+        .with_write_level(WriteLevel::Local)
+        .put("k", "v")
+        .await
+        .expect("put");
+    assert_eq!(
+        session.token(),
+        token(10, &[(3, 7)]),
+        "handles share the token"
+    );
+
+    // A node that is behind answers with less: nothing moves back, the new
+    // origin is added.
+    *node.reply.lock().unwrap() = Reply {
+        session: Some(token(4, &[(1, 2), (3, 5)])),
+        provisional_write: None,
+    };
+    session.get("k").await.expect("get");
+    assert_eq!(session.token(), token(10, &[(1, 2), (3, 7)]));
+
+    // The next request carries the merged token.
+    session.get("k").await.expect("get");
+
+    // A plain client sends no token and learns nothing.
+    client.get("k").await.expect("plain get");
+
+    // A resumed session starts from its saved token.
+    let resumed = Session::from_token(&client, token(20, &[(2, 1)]));
+    resumed.get("k").await.expect("resumed get");
+    assert_eq!(resumed.token(), token(20, &[(1, 2), (2, 1), (3, 5)]));
+    assert_eq!(
+        session.token(),
+        token(10, &[(1, 2), (3, 7)]),
+        "separate tokens"
+    );
+
+    let seen = log.lock().unwrap().clone();
+    let sent: Vec<(&str, i32, Option<proto::SessionToken>)> = seen
+        .iter()
+        .map(|s| (s.method, s.consistency, s.session.clone()))
+        .collect();
+    let local = proto::WriteConsistency::Local as i32;
+    let session_read = proto::ReadConsistency::Session as i32;
+    let linearizable = proto::ReadConsistency::Linearizable as i32;
+    assert_eq!(
+        sent,
+        [
+            ("put", local, Some(token(0, &[]))),
+            ("get", session_read, Some(token(10, &[(3, 7)]))),
+            ("get", session_read, Some(token(10, &[(1, 2), (3, 7)]))),
+            ("get", linearizable, None),
+            ("get", session_read, Some(token(20, &[(2, 1)]))),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_session_learns_from_provisional_write_ids() {
+    let log = Log::default();
+    let (addr, node) = kv_server("n2", 2, Behaviour::Answer, &log).await;
+    let client = Client::with_config([addr.as_str()], fast_config()).expect("valid");
+    let session = client.session().with_write_level(WriteLevel::Local);
+    // A server that reports the write id but no token still advances it.
+    *node.reply.lock().unwrap() = Reply {
+        session: None,
+        provisional_write: write_id(2, 4),
+    };
+    session.put("k", "v").await.expect("put");
+    assert_eq!(session.token(), token(0, &[(2, 4)]));
+}
+
+#[tokio::test]
+async fn local_writes_with_a_pinned_endpoint_never_follow_a_redirect() {
+    let log = Log::default();
+    let (leader_addr, _leader) = kv_server("leader", 2, Behaviour::Answer, &log).await;
+    let (pinned_addr, _pinned) = kv_server(
+        "pinned",
+        1,
+        Behaviour::RedirectTo {
+            id: 2,
+            addr: leader_addr.clone(),
+        },
+        &log,
+    )
+    .await;
+    let config = ClientConfig {
+        pin_endpoint: true,
+        ..fast_config()
+    };
+    let client = Client::with_config([pinned_addr.as_str(), leader_addr.as_str()], config)
+        .expect("valid")
+        .with_write_level(WriteLevel::Local);
+
+    let error = client
+        .put("k", "v")
+        .await
+        .expect_err("the pinned node refuses");
+    assert_eq!(
+        error,
+        Error::Unavailable {
+            message: format!("{pinned_addr}: node 1 is not the leader"),
+            leader: Some((2, leader_addr.clone())),
+        }
+    );
+    // Reads at any level and STRONG writes stay on the pinned node too.
+    client.get("k").await.expect_err("pinned linearizable read");
+    client
+        .with_write_level(WriteLevel::Strong)
+        .put("k", "v")
+        .await
+        .expect_err("pinned strong write");
+    let local = proto::WriteConsistency::Local as i32;
+    let strong = proto::WriteConsistency::Strong as i32;
+    let linearizable = proto::ReadConsistency::Linearizable as i32;
+    assert_eq!(
+        calls(&log, 0),
+        [
+            ("pinned", "put", local),
+            ("pinned", "get", linearizable),
+            ("pinned", "put", strong),
+        ],
+        "the leader is never called"
+    );
+    assert_eq!(client.leader_address(), pinned_addr);
+}
+
+#[tokio::test]
+async fn any_node_levels_go_to_the_preferred_endpoint_and_strong_ones_to_the_leader() {
+    let log = Log::default();
+    let (leader_addr, _leader) = kv_server("leader", 2, Behaviour::Answer, &log).await;
+    let (follower_addr, follower) = kv_server(
+        "follower",
+        1,
+        Behaviour::RedirectTo {
+            id: 2,
+            addr: leader_addr.clone(),
+        },
+        &log,
+    )
+    .await;
+    let client = Client::with_config(
+        [follower_addr.as_str(), leader_addr.as_str()],
+        fast_config(),
+    )
+    .expect("valid");
+
+    // A STRONG write finds the leader.
+    client.put("k", "v").await.expect("strong put");
+    assert_eq!(client.leader_address(), leader_addr);
+    assert_eq!(client.preferred_address(), follower_addr);
+    // From now on the follower serves what it can serve itself.
+    *follower.behaviour.lock().unwrap() = Behaviour::Answer;
+    let start = log.lock().unwrap().len();
+
+    let ms = Duration::from_millis;
+    let budget = WriteLevel::StrongOrLocal {
+        budget: Some(ms(40)),
+    };
+    let bounded = ReadLevel::Bounded {
+        max_staleness: ms(100),
+    };
+    client
+        .with_write_level(WriteLevel::Local)
+        .put("k", "1")
+        .await
+        .expect("local");
+    client
+        .with_write_level(budget)
+        .put("k", "2")
+        .await
+        .expect("strong-or-local");
+    client
+        .with_read_level(ReadLevel::Session)
+        .get("k")
+        .await
+        .expect("session");
+    client
+        .with_read_level(bounded)
+        .get("k")
+        .await
+        .expect("bounded");
+    client
+        .with_read_level(ReadLevel::Eventual)
+        .get("k")
+        .await
+        .expect("eventual");
+    client.get("k").await.expect("linearizable");
+    client.put("k", "3").await.expect("strong");
+
+    use proto::ReadConsistency as R;
+    use proto::WriteConsistency as W;
+    assert_eq!(
+        calls(&log, start),
+        [
+            ("follower", "put", W::Local as i32),
+            ("follower", "put", W::StrongOrLocal as i32),
+            ("follower", "get", R::Session as i32),
+            ("follower", "get", R::Bounded as i32),
+            ("follower", "get", R::Eventual as i32),
+            ("leader", "get", R::Linearizable as i32),
+            ("leader", "put", W::Strong as i32),
+        ]
+    );
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen[start + 1].level_ms, 40, "strong_budget_ms");
+    assert_eq!(seen[start + 3].level_ms, 100, "max_staleness_ms");
+}
+
+#[tokio::test]
+async fn a_linearizable_read_served_by_a_follower_needs_no_redirect() {
+    let log = Log::default();
+    let (follower_addr, _follower) = kv_server("follower", 1, Behaviour::Answer, &log).await;
+    let (leader_addr, _leader) = kv_server("leader", 2, Behaviour::Answer, &log).await;
+    let client = Client::with_config(
+        [follower_addr.as_str(), leader_addr.as_str()],
+        fast_config(),
+    )
+    .expect("valid");
+    let response = client.get("k").await.expect("served by the follower");
+    assert_eq!(response.meta.expect("meta").served_by, 1);
+    assert_eq!(calls(&log, 0).len(), 1);
+}
+
+#[tokio::test]
+async fn any_node_levels_move_on_from_a_refusing_node_without_following_its_hint() {
+    let log = Log::default();
+    let (hinted_addr, _hinted) = kv_server("hinted", 3, Behaviour::Answer, &log).await;
+    let (first_addr, _first) = kv_server(
+        "first",
+        1,
+        Behaviour::RedirectTo {
+            id: 3,
+            addr: hinted_addr.clone(),
+        },
+        &log,
+    )
+    .await;
+    let (second_addr, _second) = kv_server(
+        "second",
+        2,
+        Behaviour::Unavailable("BOUNDED(100 ms) not met: last leader contact 350 ms ago".into()),
+        &log,
+    )
+    .await;
+    let config = ClientConfig {
+        max_attempts: 2,
+        ..fast_config()
+    };
+    let client = Client::with_config([first_addr.as_str(), second_addr.as_str()], config)
+        .expect("valid")
+        .with_read_level(ReadLevel::Bounded {
+            max_staleness: Duration::from_millis(100),
+        });
+    let error = client.get("k").await.expect_err("no node meets the bound");
+    // The last node's explanation comes through intact, after its address.
+    assert_eq!(
+        error,
+        Error::Unavailable {
+            message: format!(
+                "{second_addr}: BOUNDED(100 ms) not met: last leader contact 350 ms ago"
+            ),
+            leader: None,
+        }
+    );
+    let servers: Vec<&str> = calls(&log, 0).iter().map(|c| c.0).collect();
+    assert_eq!(servers, ["first", "second"], "the hint is not followed");
+    assert_eq!(client.preferred_address(), second_addr);
+    assert_eq!(client.leader_address(), first_addr, "nothing learned");
+}
+
+#[tokio::test]
+async fn a_failed_comparison_is_an_answer_not_an_error() {
+    let log = Log::default();
+    let (leader_addr, _leader) = kv_server("leader", 2, Behaviour::Answer, &log).await;
+    let (follower_addr, _follower) = kv_server(
+        "follower",
+        1,
+        Behaviour::RedirectTo {
+            id: 2,
+            addr: leader_addr.clone(),
+        },
+        &log,
+    )
+    .await;
+    let client = Client::with_config([follower_addr.as_str()], fast_config()).expect("valid");
+
+    let created = client
+        .compare_and_set("k", Expected::Absent, "v1")
+        .await
+        .expect("absent: stored");
+    assert!(created.succeeded);
+    let v1 = created.version.expect("new version");
+    // The redirect's retry reused the request id.
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|s| s.server).collect::<Vec<_>>(),
+        ["follower", "leader"]
+    );
+    assert_eq!(seen[0].request_id, seen[1].request_id);
+    assert_eq!(seen[1].consistency, proto::WriteConsistency::Strong as i32);
+
+    let again = client
+        .compare_and_set("k", Expected::Absent, "other")
+        .await
+        .expect("a failed comparison is Ok");
+    assert!(!again.succeeded);
+    assert!(again.current_found);
+    assert_eq!(again.current_value, b"v1");
+    assert_eq!(again.version, Some(v1));
+
+    let updated = client
+        .compare_and_set("k", Expected::Version(v1), "v2")
+        .await
+        .expect("version matches");
+    assert!(updated.succeeded);
+    let stale = client
+        .compare_and_set("k", Expected::Version(v1), "v3")
+        .await
+        .expect("stale version: Ok");
+    assert!(!stale.succeeded);
+    assert_eq!(stale.version, updated.version);
+    assert_eq!(stale.current_value, b"v2");
+
+    // A session's compare-and-set learns its token like any write.
+    let session = client.session();
+    _leader.reply.lock().unwrap().session = Some(token(33, &[]));
+    session
+        .compare_and_set("k", Expected::Absent, "x")
+        .await
+        .expect("answer");
+    assert_eq!(session.token(), token(33, &[]));
+}
+
+#[tokio::test]
+async fn a_local_compare_and_set_is_a_failed_precondition() {
+    let log = Log::default();
+    let (addr, _node) = kv_server("only", 1, Behaviour::Answer, &log).await;
+    let client = Client::with_config([addr.as_str()], fast_config())
+        .expect("valid")
+        .with_write_level(WriteLevel::Local);
+    let error = client
+        .compare_and_set("k", Expected::Absent, "v")
+        .await
+        .expect_err("LOCAL cannot compare-and-set");
+    assert_eq!(
+        error,
+        Error::FailedPrecondition(
+            "compare-and-set needs STRONG; LOCAL writes have no single order".into()
+        )
+    );
+    assert_eq!(calls(&log, 0).len(), 1, "not retried");
 }

@@ -46,6 +46,8 @@ use crate::types::TypeConfig;
 /// How long to wait for a TCP connection to a peer. Short: a peer that does
 /// not accept within this is treated as unreachable and retried by openraft.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
+/// HTTP/2 ping interval (and ping timeout) on peer connections.
+pub const PEER_KEEPALIVE_INTERVAL_MS: u64 = 500;
 
 /// Creates one [`PeerConnection`] per target; caches channels by address.
 #[derive(Clone)]
@@ -59,15 +61,26 @@ pub struct NetworkFactory {
 impl NetworkFactory {
     /// `source_ip`: the address outgoing connections bind; `None` lets the
     /// OS choose (for wildcard listen addresses).
-        pub fn new(node_id: NodeId, source_ip: Option<IpAddr>, links: Arc<LinkFilter>) -> Self {
-        Self { node_id, source_ip, links, channels: Arc::new(Mutex::new(HashMap::new())) }
+    pub fn new(node_id: NodeId, source_ip: Option<IpAddr>, links: Arc<LinkFilter>) -> Self {
+        Self {
+            node_id,
+            source_ip,
+            links,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
-    fn raft_client(&self, target: NodeId, addr: &str) -> Result<RaftServiceClient<Channel>, ApiError> {
+    fn raft_client(
+        &self,
+        target: NodeId,
+        addr: &str,
+    ) -> Result<RaftServiceClient<Channel>, ApiError> {
         if !self.links.allows(self.node_id, target) {
             return Err(self.unreachable(target, "the link is cut"));
         }
-        let channel = self.channel(addr).map_err(|e| self.unreachable(target, e))?;
+        let channel = self
+            .channel(addr)
+            .map_err(|e| self.unreachable(target, e))?;
         Ok(RaftServiceClient::new(channel)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
@@ -95,10 +108,15 @@ impl NetworkFactory {
         };
         let reply = tokio::time::timeout(timeout, call)
             .await
-            .map_err(|_| self.unreachable(target, format!("no answer within {} ms", timeout.as_millis())))?
+            .map_err(|_| {
+                self.unreachable(
+                    target,
+                    format!("no answer within {} ms", timeout.as_millis()),
+                )
+            })?
             .map_err(|status| self.unreachable(target, status.message()))?;
-        let result: Result<T, ApiError> =
-            bincode::deserialize(&reply.into_inner().payload).map_err(|e| self.unreachable(target, e))?;
+        let result: Result<T, ApiError> = bincode::deserialize(&reply.into_inner().payload)
+            .map_err(|e| self.unreachable(target, e))?;
         result
     }
 
@@ -112,17 +130,27 @@ impl NetworkFactory {
         timeout: Duration,
     ) -> Result<ProposeReply, ApiError> {
         let payload = bincode::serialize(command).map_err(|e| self.unreachable(target, e))?;
-        self.leader_call(target, addr, payload, timeout, LeaderRpc::Propose).await
+        self.leader_call(target, addr, payload, timeout, LeaderRpc::Propose)
+            .await
     }
 
     /// Asks the leader for a read index: it confirms its leadership with a
     /// quorum and answers the commit index a linearizable read must see.
-    pub async fn read_index(&self, target: NodeId, addr: &str, timeout: Duration) -> Result<u64, ApiError> {
-        self.leader_call(target, addr, Vec::new(), timeout, LeaderRpc::ReadIndex).await
+    pub async fn read_index(
+        &self,
+        target: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<u64, ApiError> {
+        self.leader_call(target, addr, Vec::new(), timeout, LeaderRpc::ReadIndex)
+            .await
     }
 
     fn unreachable(&self, target: NodeId, detail: impl std::fmt::Display) -> ApiError {
-        ApiError::NoQuorum { node: self.node_id, detail: format!("the leader (node {target}) did not answer: {detail}") }
+        ApiError::NoQuorum {
+            node: self.node_id,
+            detail: format!("the leader (node {target}) did not answer: {detail}"),
+        }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, NetworkError> {
@@ -133,6 +161,13 @@ impl NetworkFactory {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| NetworkError::new(&e))?
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
+            // A partition drops packets without closing connections: pings
+            // find a dead connection within about two intervals, so the
+            // channel reconnects (and works again soon after a heal) instead
+            // of waiting out TCP's retransmission backoff.
+            .http2_keep_alive_interval(Duration::from_millis(PEER_KEEPALIVE_INTERVAL_MS))
+            .keep_alive_timeout(Duration::from_millis(PEER_KEEPALIVE_INTERVAL_MS))
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true)
             .local_address(self.source_ip);
         let channel = endpoint.connect_lazy();
@@ -145,7 +180,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-                PeerConnection { from: self.node_id, target, links: self.links.clone(), channel: self.channel(&node.addr) }
+        PeerConnection {
+            from: self.node_id,
+            target,
+            links: self.links.clone(),
+            channel: self.channel(&node.addr),
+        }
     }
 }
 
@@ -185,8 +225,11 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-                if !self.links.allows(self.from, self.target) {
-            let cut = std::io::Error::other(format!("the link from node {} to node {} is cut", self.from, self.target));
+        if !self.links.allows(self.from, self.target) {
+            let cut = std::io::Error::other(format!(
+                "the link from node {} to node {} is cut",
+                self.from, self.target
+            ));
             return Err(RPCError::Unreachable(Unreachable::new(&cut)));
         }
         let channel = self.channel.clone().map_err(RPCError::Network)?;

@@ -37,7 +37,8 @@ fn decode<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Statu
 }
 
 fn encode<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
-    let payload = bincode::serialize(result).map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
+    let payload = bincode::serialize(result)
+        .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))?;
     Ok(Response::new(RaftMessage { payload }))
 }
 
@@ -47,7 +48,10 @@ impl RaftService for RaftServer {
         encode(&self.ctx.raft.vote(decode(request)?).await)
     }
 
-    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let request: AppendEntriesRequest<TypeConfig> = decode(request)?;
         let contact = Contact {
             at: Instant::now(),
@@ -61,21 +65,33 @@ impl RaftService for RaftServer {
         encode(&result)
     }
 
-    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         encode(&self.ctx.raft.install_snapshot(decode(request)?).await)
     }
 
-    async fn propose(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn propose(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let command: Command = decode(request)?;
         let result = self
             .ctx
             .propose_as_leader(command)
             .await
-            .map(|committed| ProposeReply { result: committed.result, log_index: committed.log_index });
+            .map(|committed| ProposeReply {
+                result: committed.result,
+                log_index: committed.log_index,
+            });
         encode(&result)
     }
 
-    async fn read_index(&self, _request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn read_index(
+        &self,
+        _request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         encode(&self.ctx.leader_read_index().await)
     }
 }

@@ -17,9 +17,9 @@ use tonic::Status;
 use super::error::ApiError;
 use super::role_name;
 use super::to_proto_version;
+use super::NodeContext;
 use crate::store::keys::ConflictTarget;
 use crate::store::state_machine::MAX_CONFLICT_RECORDS;
-use super::NodeContext;
 use crate::types::NodeId;
 use crate::types::StoredMembership;
 
@@ -30,7 +30,10 @@ pub const MAX_MEMBERS_PER_REQUEST: usize = 64;
 pub const DEFAULT_CONFLICTS_LISTED: u32 = 100;
 
 fn wall_clock_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub struct AdminApi {
@@ -244,7 +247,10 @@ impl AdminService for AdminApi {
             })
             .collect();
         let is_voter = voters.iter().any(|m| m.id == ctx.id);
-        let app = ctx.reads.app_meta().map_err(|e| ApiError::from_storage(ctx.id, e))?;
+        let app = ctx
+            .reads
+            .app_meta()
+            .map_err(|e| ApiError::from_storage(ctx.id, e))?;
         Ok(Response::new(v1::NodeStatus {
             id: ctx.id,
             addr: ctx.addr.clone(),
@@ -260,15 +266,20 @@ impl AdminService for AdminApi {
             voters,
             learners,
             replication,
-                        millis_since_quorum_ack: metrics.millis_since_quorum_ack,
+            millis_since_quorum_ack: metrics.millis_since_quorum_ack,
             pending_provisional: ctx.provisional.pending_count() as u64,
-            oldest_pending_age_ms: ctx.provisional.oldest_accepted_at_ms().map(|at| wall_clock_ms().saturating_sub(at)),
+            oldest_pending_age_ms: ctx
+                .provisional
+                .oldest_accepted_at_ms()
+                .map(|at| wall_clock_ms().saturating_sub(at)),
             conflicts_recorded: app.conflicts_total,
             reconciled_seq: app.reconciled_seq.into_iter().collect(),
             leader_contact_age_ms: if metrics.state == openraft::ServerState::Leader {
                 metrics.millis_since_quorum_ack
             } else {
-                ctx.leader_contact.last().map(|c| c.at.elapsed().as_millis() as u64)
+                ctx.leader_contact
+                    .last()
+                    .map(|c| c.at.elapsed().as_millis() as u64)
             },
         }))
     }
@@ -280,7 +291,10 @@ impl AdminService for AdminApi {
         let limit = match request.into_inner().limit {
             0 => DEFAULT_CONFLICTS_LISTED,
             n if n as u64 > MAX_CONFLICT_RECORDS => {
-                return Err(ApiError::invalid(format!("limit {n} is more than the maximum of {MAX_CONFLICT_RECORDS}")).into())
+                return Err(ApiError::invalid(format!(
+                    "limit {n} is more than the maximum of {MAX_CONFLICT_RECORDS}"
+                ))
+                .into())
             }
             n => n,
         };
@@ -292,19 +306,28 @@ impl AdminService for AdminApi {
             .map(|record| {
                 let (key, sensor_id, timestamp_ms) = match record.target {
                     ConflictTarget::Key(key) => (key, String::new(), 0),
-                    ConflictTarget::Reading { sensor_id, timestamp_ms } => (Vec::new(), sensor_id, timestamp_ms as i64),
+                    ConflictTarget::Reading {
+                        sensor_id,
+                        timestamp_ms,
+                    } => (Vec::new(), sensor_id, timestamp_ms as i64),
                 };
                 v1::Conflict {
                     key,
                     sensor_id,
                     timestamp_ms,
                     loser: Some(to_proto_version(record.loser)),
-                    loser_write: Some(v1::WriteId { origin_node: record.loser_write.0, seq: record.loser_write.1 }),
+                    loser_write: Some(v1::WriteId {
+                        origin_node: record.loser_write.0,
+                        seq: record.loser_write.1,
+                    }),
                     winner: Some(to_proto_version(record.winner)),
                     log_index: record.log_index,
                 }
             })
             .collect();
-        Ok(Response::new(v1::ListConflictsResponse { conflicts, total: app.conflicts_total }))
+        Ok(Response::new(v1::ListConflictsResponse {
+            conflicts,
+            total: app.conflicts_total,
+        }))
     }
 }

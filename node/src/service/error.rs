@@ -32,10 +32,14 @@ pub enum ApiError {
     /// The leader could not confirm its leadership with a quorum.
     #[error("node {node} could not reach a quorum: {detail}")]
     NoQuorum { node: NodeId, detail: String },
-        /// A read cannot be served at the level it asked for; never silently
+    /// A read cannot be served at the level it asked for; never silently
     /// weaker.
     #[error("node {node} cannot serve a {level} read: {reason}; an EVENTUAL read would be served by this node")]
-    LevelNotMet { node: NodeId, level: String, reason: String },
+    LevelNotMet {
+        node: NodeId,
+        level: String,
+        reason: String,
+    },
     /// A bounded queue is full; the message says which and what to do.
     #[error("{0}")]
     Overloaded(String),
@@ -52,7 +56,10 @@ impl ApiError {
     /// Errors that mean "this node cannot get a quorum to act now": the ones
     /// STRONG_OR_LOCAL falls back to LOCAL on.
     pub fn is_unavailability(&self) -> bool {
-        matches!(self, ApiError::NotLeader { .. } | ApiError::NoLeader { .. } | ApiError::NoQuorum { .. })
+        matches!(
+            self,
+            ApiError::NotLeader { .. } | ApiError::NoLeader { .. } | ApiError::NoQuorum { .. }
+        )
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -145,7 +152,7 @@ impl From<ApiError> for Status {
             }
             ApiError::NoLeader { .. }
             | ApiError::NoQuorum { .. }
-                        | ApiError::ShuttingDown { .. }
+            | ApiError::ShuttingDown { .. }
             | ApiError::LevelNotMet { .. } => Status::unavailable(message),
             ApiError::Overloaded(_) => Status::resource_exhausted(message),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(message),

@@ -33,21 +33,33 @@ impl KvApi {
 
 #[tonic::async_trait]
 impl KvService for KvApi {
-    async fn put(&self, request: Request<v1::PutRequest>) -> Result<Response<v1::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<v1::PutRequest>,
+    ) -> Result<Response<v1::PutResponse>, Status> {
         let deadline = request_deadline(&request);
         let request = request.into_inner();
         validate::key("key", &request.key)?;
         validate::value("value", &request.value)?;
         let choice = validate::write_options(request.options.as_ref())?;
-        let op = WriteOp::Put { key: request.key, value: request.value };
-        let written = self.ctx.write(write_level(&choice, deadline), choice.request_id, op).await?;
+        let op = WriteOp::Put {
+            key: request.key,
+            value: request.value,
+        };
+        let written = self
+            .ctx
+            .write(write_level(&choice, deadline), choice.request_id, op)
+            .await?;
         Ok(Response::new(v1::PutResponse {
             version: written.versions().first().copied().map(to_proto_version),
             meta: Some(self.ctx.write_meta(&written, choice.session)),
         }))
     }
 
-    async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::GetResponse>, Status> {
         let deadline = request_deadline(&request);
         let request = request.into_inner();
         validate::key("key", &request.key)?;
@@ -55,9 +67,11 @@ impl KvService for KvApi {
         let permit = self.ctx.read_permit(&level, deadline).await?;
         let (stored, provisional) = self.ctx.get_value(&request.key, &permit)?;
         let (found, value, version) = match stored {
-            Some(stored) => {
-                (stored.value.is_some(), stored.value.unwrap_or_default(), Some(to_proto_version(stored.version)))
-            }
+            Some(stored) => (
+                stored.value.is_some(),
+                stored.value.unwrap_or_default(),
+                Some(to_proto_version(stored.version)),
+            ),
             None => (false, Vec::new(), None),
         };
         Ok(Response::new(v1::GetResponse {
@@ -68,13 +82,22 @@ impl KvService for KvApi {
         }))
     }
 
-    async fn delete(&self, request: Request<v1::DeleteRequest>) -> Result<Response<v1::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<v1::DeleteRequest>,
+    ) -> Result<Response<v1::DeleteResponse>, Status> {
         let deadline = request_deadline(&request);
         let request = request.into_inner();
         validate::key("key", &request.key)?;
         let choice = validate::write_options(request.options.as_ref())?;
-        let written =
-            self.ctx.write(write_level(&choice, deadline), choice.request_id, WriteOp::Delete { key: request.key }).await?;
+        let written = self
+            .ctx
+            .write(
+                write_level(&choice, deadline),
+                choice.request_id,
+                WriteOp::Delete { key: request.key },
+            )
+            .await?;
         let existed = match &written {
             Written::Strong { outcome, .. } => outcome.existed,
             // Not known until it is reconciled: report what this node sees.
@@ -95,10 +118,15 @@ impl KvService for KvApi {
         validate::key("key", &request.key)?;
         validate::value("value", &request.value)?;
         let expected = match &request.expected {
-            Some(ProtoExpected::ExpectedVersion(version)) => Expected::Version(from_proto_version(version)),
+            Some(ProtoExpected::ExpectedVersion(version)) => {
+                Expected::Version(from_proto_version(version))
+            }
             Some(ProtoExpected::ExpectedAbsent(true)) => Expected::Absent,
             Some(ProtoExpected::ExpectedAbsent(false)) | None => {
-                return Err(ApiError::invalid("expected is missing: give expected_version or expected_absent = true").into())
+                return Err(ApiError::invalid(
+                    "expected is missing: give expected_version or expected_absent = true",
+                )
+                .into())
             }
         };
         let choice = validate::write_options(request.options.as_ref())?;
@@ -110,7 +138,11 @@ impl KvService for KvApi {
             ))
             .into());
         }
-        let op = WriteOp::CompareAndSet { key: request.key, expected, value: request.value };
+        let op = WriteOp::CompareAndSet {
+            key: request.key,
+            expected,
+            value: request.value,
+        };
         let written = self.ctx.write_strong(choice.request_id, op).await?;
         let outcome = match &written {
             Written::Strong { outcome, .. } => outcome.clone(),
@@ -118,7 +150,11 @@ impl KvService for KvApi {
         };
         let (succeeded, current_found, current_value) = match &outcome.compare_failed {
             None => (true, false, Vec::new()),
-            Some(current) => (false, current.is_some(), current.clone().unwrap_or_default()),
+            Some(current) => (
+                false,
+                current.is_some(),
+                current.clone().unwrap_or_default(),
+            ),
         };
         Ok(Response::new(v1::CompareAndSetResponse {
             succeeded,

@@ -70,11 +70,19 @@ pub struct NodeContext {
 }
 
 pub fn to_proto_version(version: Version) -> v1::Version {
-    v1::Version { physical_ms: version.physical_ms, logical: version.logical, origin_node: version.origin_node }
+    v1::Version {
+        physical_ms: version.physical_ms,
+        logical: version.logical,
+        origin_node: version.origin_node,
+    }
 }
 
 pub fn from_proto_version(version: &v1::Version) -> Version {
-    Version { physical_ms: version.physical_ms, logical: version.logical, origin_node: version.origin_node }
+    Version {
+        physical_ms: version.physical_ms,
+        logical: version.logical,
+        origin_node: version.origin_node,
+    }
 }
 
 /// When the node must answer a request by: the client's gRPC deadline less a
@@ -110,7 +118,11 @@ fn parse_grpc_timeout_ms(text: &str) -> Option<u64> {
 }
 
 /// Merges what a response observed into the client's session token.
-pub fn merge_token(token: &mut v1::SessionToken, commit_index: u64, provisional: Option<(NodeId, u64)>) {
+pub fn merge_token(
+    token: &mut v1::SessionToken,
+    commit_index: u64,
+    provisional: Option<(NodeId, u64)>,
+) {
     token.commit_index = token.commit_index.max(commit_index);
     if let Some((origin, seq)) = provisional {
         let entry = token.provisional_seq.entry(origin).or_insert(0);
@@ -124,23 +136,35 @@ impl NodeContext {
     }
 
     pub fn applied_index(&self) -> u64 {
-        self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0)
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0)
     }
 
     /// The leader this node knows of, with its address.
     pub fn known_leader(&self) -> Option<(NodeId, String)> {
         let metrics = self.raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;
-        let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
         Some((leader, addr))
     }
 
     /// The error for a request that needs the leader, on a node that is not.
     fn not_leader(&self) -> ApiError {
         match self.known_leader() {
-            Some((leader_id, leader_addr)) if leader_id != self.id => {
-                ApiError::NotLeader { node: self.id, leader_id, leader_addr }
-            }
+            Some((leader_id, leader_addr)) if leader_id != self.id => ApiError::NotLeader {
+                node: self.id,
+                leader_id,
+                leader_addr,
+            },
             _ => ApiError::NoLeader { node: self.id },
         }
     }
@@ -193,7 +217,12 @@ mod tests {
 
     #[test]
     fn grpc_timeouts_parse_in_every_unit() {
-        for (text, ms) in [("5S", Some(5_000)), ("250m", Some(250)), ("2M", Some(120_000)), ("1H", Some(3_600_000))] {
+        for (text, ms) in [
+            ("5S", Some(5_000)),
+            ("250m", Some(250)),
+            ("2M", Some(120_000)),
+            ("1H", Some(3_600_000)),
+        ] {
             assert_eq!(parse_grpc_timeout_ms(text), ms, "{text}");
         }
         assert_eq!(parse_grpc_timeout_ms("7000u"), Some(7));
@@ -205,7 +234,10 @@ mod tests {
 
     #[test]
     fn tokens_merge_by_maximum() {
-        let mut token = v1::SessionToken { commit_index: 10, provisional_seq: [(3, 7)].into_iter().collect() };
+        let mut token = v1::SessionToken {
+            commit_index: 10,
+            provisional_seq: [(3, 7)].into_iter().collect(),
+        };
         merge_token(&mut token, 8, Some((3, 5)));
         assert_eq!(token.commit_index, 10);
         assert_eq!(token.provisional_seq[&3], 7);

@@ -51,11 +51,19 @@ pub struct ReadPermit {
 
 impl NodeContext {
     fn level_not_met(&self, level: &ReadLevel, reason: impl Into<String>) -> ApiError {
-        ApiError::LevelNotMet { node: self.id, level: level.name(), reason: reason.into() }
+        ApiError::LevelNotMet {
+            node: self.id,
+            level: level.name(),
+            reason: reason.into(),
+        }
     }
 
     /// Waits (until `deadline`) until this node can serve `level`.
-    pub async fn read_permit(&self, level: &ReadLevel, deadline: Instant) -> Result<ReadPermit, ApiError> {
+    pub async fn read_permit(
+        &self,
+        level: &ReadLevel,
+        deadline: Instant,
+    ) -> Result<ReadPermit, ApiError> {
         match level {
             ReadLevel::Linearizable => {
                 let read_index = match self.known_leader() {
@@ -74,7 +82,9 @@ impl NodeContext {
                     };
                     self.level_not_met(level, reason)
                 })?;
-                self.wait_applied(read_index, deadline).await.map_err(|reason| self.level_not_met(level, reason))?;
+                self.wait_applied(read_index, deadline)
+                    .await
+                    .map_err(|reason| self.level_not_met(level, reason))?;
                 Ok(ReadPermit {
                     provided: v1::ReadConsistency::Linearizable,
                     merge_provisional: false,
@@ -93,9 +103,14 @@ impl NodeContext {
                         })
                     }
                     Ok(Some(gap)) if Instant::now() >= deadline => {
-                        return Err(self.level_not_met(level, format!("the session's writes are not all here yet: {gap}")))
+                        return Err(self.level_not_met(
+                            level,
+                            format!("the session's writes are not all here yet: {gap}"),
+                        ))
                     }
-                    Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(READ_POLL_INTERVAL_MS)).await,
+                    Ok(Some(_)) => {
+                        tokio::time::sleep(Duration::from_millis(READ_POLL_INTERVAL_MS)).await
+                    }
                     Err(e) => return Err(e),
                 }
             },
@@ -111,11 +126,15 @@ impl NodeContext {
                 }
                 // A follower in recent contact may only be applying what the
                 // leader committed; wait while the bound can still be met.
-                let catching_up =
-                    self.leader_contact.last().is_some_and(|c| (c.at.elapsed().as_millis() as u64) < *max_staleness_ms);
+                let catching_up = self
+                    .leader_contact
+                    .last()
+                    .is_some_and(|c| (c.at.elapsed().as_millis() as u64) < *max_staleness_ms);
                 if !catching_up || Instant::now() >= deadline {
                     let reason = match bound {
-                        Some(staleness) => format!("its state may be {staleness} ms behind the leader"),
+                        Some(staleness) => {
+                            format!("its state may be {staleness} ms behind the leader")
+                        }
                         None => self.staleness_unknown_reason(),
                     };
                     return Err(self.level_not_met(level, reason));
@@ -141,7 +160,10 @@ impl NodeContext {
             Ok(Err(e)) => Err(ApiError::from_read(self.id, e)),
             Err(_) => Err(ApiError::NoQuorum {
                 node: self.id,
-                detail: format!("no quorum confirmed leadership within {} ms", timeout.as_millis()),
+                detail: format!(
+                    "no quorum confirmed leadership within {} ms",
+                    timeout.as_millis()
+                ),
             }),
         }
     }
@@ -153,7 +175,12 @@ impl NodeContext {
             .applied_index_at_least(Some(index), "read index")
             .await
             .map(|_| ())
-            .map_err(|_| format!("it has not applied the read index {index} in time (applied {})", self.applied_index()))
+            .map_err(|_| {
+                format!(
+                    "it has not applied the read index {index} in time (applied {})",
+                    self.applied_index()
+                )
+            })
     }
 
     /// What a session token covers that this node has not applied yet, in
@@ -162,10 +189,16 @@ impl NodeContext {
         let mut gaps = Vec::new();
         let applied = self.applied_index();
         if applied < token.commit_index {
-            gaps.push(format!("applied index {applied} < the session's {}", token.commit_index));
+            gaps.push(format!(
+                "applied index {applied} < the session's {}",
+                token.commit_index
+            ));
         }
         if !token.provisional_seq.is_empty() {
-            let app = self.reads.app_meta().map_err(|e| ApiError::from_storage(self.id, e))?;
+            let app = self
+                .reads
+                .app_meta()
+                .map_err(|e| ApiError::from_storage(self.id, e))?;
             for (origin, seq) in &token.provisional_seq {
                 let covered = if *origin == self.id {
                     // Accepted here: pending in this node's provisional store,
@@ -209,7 +242,12 @@ impl NodeContext {
     }
 
     /// Response metadata for a read.
-    pub fn read_meta(&self, permit: &ReadPermit, includes_provisional: bool, mut session: v1::SessionToken) -> v1::ResponseMeta {
+    pub fn read_meta(
+        &self,
+        permit: &ReadPermit,
+        includes_provisional: bool,
+        mut session: v1::SessionToken,
+    ) -> v1::ResponseMeta {
         merge_token(&mut session, permit.observed_index, None);
         v1::ResponseMeta {
             read_consistency: permit.provided as i32,
@@ -222,7 +260,11 @@ impl NodeContext {
     /// A key's value as the permit allows: replicated state, merged with
     /// this node's pending writes when allowed (the higher version wins).
     /// The flag says whether the answer came from provisional data.
-    pub fn get_value(&self, key: &[u8], permit: &ReadPermit) -> Result<(Option<StoredValue>, bool), ApiError> {
+    pub fn get_value(
+        &self,
+        key: &[u8],
+        permit: &ReadPermit,
+    ) -> Result<(Option<StoredValue>, bool), ApiError> {
         let storage = |e| ApiError::from_storage(self.id, e);
         let replicated = self.reads.get(key).map_err(storage)?;
         if !permit.merge_provisional {
@@ -236,15 +278,24 @@ impl NodeContext {
         })
     }
 
-    pub fn latest_reading(&self, sensor_id: &str, permit: &ReadPermit) -> Result<(Option<ReadingRow>, bool), ApiError> {
+    pub fn latest_reading(
+        &self,
+        sensor_id: &str,
+        permit: &ReadPermit,
+    ) -> Result<(Option<ReadingRow>, bool), ApiError> {
         let storage = |e| ApiError::from_storage(self.id, e);
         let replicated = self.reads.latest_reading(sensor_id).map_err(storage)?;
         if !permit.merge_provisional {
             return Ok((replicated, false));
         }
-        let pending = self.provisional.latest_reading(sensor_id).map_err(storage)?;
+        let pending = self
+            .provisional
+            .latest_reading(sensor_id)
+            .map_err(storage)?;
         Ok(match (replicated, pending) {
-            (Some(r), Some(p)) if (p.timestamp_ms, p.reading.version) > (r.timestamp_ms, r.reading.version) => {
+            (Some(r), Some(p))
+                if (p.timestamp_ms, p.reading.version) > (r.timestamp_ms, r.reading.version) =>
+            {
                 (Some(p), true)
             }
             (None, Some(p)) => (Some(p), true),
@@ -263,11 +314,17 @@ impl NodeContext {
         permit: &ReadPermit,
     ) -> Result<(Vec<ReadingRow>, bool), ApiError> {
         let storage = |e| ApiError::from_storage(self.id, e);
-        let replicated = self.reads.range_readings(sensor_id, from_ms, to_ms, limit, descending).map_err(storage)?;
+        let replicated = self
+            .reads
+            .range_readings(sensor_id, (from_ms, to_ms), limit, descending)
+            .map_err(storage)?;
         if !permit.merge_provisional {
             return Ok((replicated, false));
         }
-        let pending = self.provisional.range_readings(sensor_id, from_ms, to_ms, limit, descending).map_err(storage)?;
+        let pending = self
+            .provisional
+            .range_readings(sensor_id, (from_ms, to_ms), limit, descending)
+            .map_err(storage)?;
         Ok(merge_rows(replicated, pending, limit, descending))
     }
 }
@@ -292,7 +349,11 @@ pub fn merge_rows(
             (None, Some(_)) => Ordering::Greater,
             (Some(l), Some(r)) => {
                 let by_time = l.timestamp_ms.cmp(&r.timestamp_ms);
-                if descending { by_time.reverse() } else { by_time }
+                if descending {
+                    by_time.reverse()
+                } else {
+                    by_time
+                }
             }
         };
         let row = match order {
@@ -329,7 +390,11 @@ mod tests {
             reading: StoredReading {
                 value: ts as f64,
                 tags: vec![],
-                version: Version { physical_ms, logical: 0, origin_node: 1 },
+                version: Version {
+                    physical_ms,
+                    logical: 0,
+                    origin_node: 1,
+                },
             },
         }
     }
@@ -339,7 +404,10 @@ mod tests {
         let replicated = vec![row(1, 10), row(3, 10), row(5, 10)];
         let pending = vec![row(2, 20), row(3, 20), row(5, 5)];
         let (merged, from_pending) = merge_rows(replicated, pending, 10, false);
-        let got: Vec<(u64, u64)> = merged.iter().map(|r| (r.timestamp_ms, r.reading.version.physical_ms)).collect();
+        let got: Vec<(u64, u64)> = merged
+            .iter()
+            .map(|r| (r.timestamp_ms, r.reading.version.physical_ms))
+            .collect();
         assert_eq!(got, vec![(1, 10), (2, 20), (3, 20), (5, 10)]);
         assert!(from_pending);
     }
@@ -349,7 +417,10 @@ mod tests {
         let replicated = vec![row(9, 1), row(4, 1)];
         let pending = vec![row(7, 1)];
         let (merged, _) = merge_rows(replicated, pending, 2, true);
-        assert_eq!(merged.iter().map(|r| r.timestamp_ms).collect::<Vec<_>>(), vec![9, 7]);
+        assert_eq!(
+            merged.iter().map(|r| r.timestamp_ms).collect::<Vec<_>>(),
+            vec![9, 7]
+        );
         let (merged, from_pending) = merge_rows(vec![row(1, 1)], vec![], 5, false);
         assert_eq!(merged.len(), 1);
         assert!(!from_pending);

@@ -46,10 +46,21 @@ impl SensorService for SensorApi {
         let request = request.into_inner();
         let readings = validate::readings(&request.readings)?;
         let choice = validate::write_options(request.options.as_ref())?;
-        let written =
-            self.ctx.write(write_level(&choice, deadline), choice.request_id, WriteOp::PutReadings(readings)).await?;
+        let written = self
+            .ctx
+            .write(
+                write_level(&choice, deadline),
+                choice.request_id,
+                WriteOp::PutReadings(readings),
+            )
+            .await?;
         Ok(Response::new(v1::PutReadingsResponse {
-            versions: written.versions().iter().copied().map(to_proto_version).collect(),
+            versions: written
+                .versions()
+                .iter()
+                .copied()
+                .map(to_proto_version)
+                .collect(),
             meta: Some(self.ctx.write_meta(&written, choice.session)),
         }))
     }
@@ -95,7 +106,10 @@ impl SensorService for SensorApi {
         };
         Ok(Response::new(v1::RangeReadingsResponse {
             meta: Some(self.ctx.read_meta(&permit, provisional, session)),
-            readings: rows.into_iter().map(|row| to_proto_reading(&request.sensor_id, row)).collect(),
+            readings: rows
+                .into_iter()
+                .map(|row| to_proto_reading(&request.sensor_id, row))
+                .collect(),
             next_page_token,
         }))
     }

@@ -194,8 +194,12 @@ pub const MAX_STALENESS_BOUND_MS: u64 = 3_600_000;
 
 /// Checks read options: the level (with its bound or session token) and the
 /// token to extend in the response.
-pub fn read_options(options: Option<&v1::ReadOptions>) -> Result<(ReadLevel, v1::SessionToken), ApiError> {
-    let Some(options) = options else { return Ok((ReadLevel::Linearizable, Default::default())) };
+pub fn read_options(
+    options: Option<&v1::ReadOptions>,
+) -> Result<(ReadLevel, v1::SessionToken), ApiError> {
+    let Some(options) = options else {
+        return Ok((ReadLevel::Linearizable, Default::default()));
+    };
     let session = options.session.clone().unwrap_or_default();
     let level = match v1::ReadConsistency::try_from(options.consistency) {
         Ok(v1::ReadConsistency::Unspecified | v1::ReadConsistency::Linearizable) => ReadLevel::Linearizable,

@@ -18,8 +18,10 @@ use crate::types::WriteCommand;
 use crate::types::WriteOp;
 use crate::types::WriteOutcome;
 
-/// How long a follower waits for the leader to answer a forwarded proposal.
-pub const FORWARD_PROPOSE_TIMEOUT_MS: u64 = 5_000;
+/// How long a follower waits for the leader to answer a forwarded proposal:
+/// a commit takes milliseconds; waiting longer only delays the retry over a
+/// fresh connection when the link was cut.
+pub const FORWARD_PROPOSE_TIMEOUT_MS: u64 = 2_000;
 
 /// A write level with its parameters, as the request asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +39,10 @@ pub struct Committed {
 
 /// What a write got.
 pub enum Written {
-    Strong { outcome: WriteOutcome, log_index: u64 },
+    Strong {
+        outcome: WriteOutcome,
+        log_index: u64,
+    },
     Local(Accepted),
 }
 
@@ -52,12 +57,21 @@ impl Written {
 
 impl NodeContext {
     fn write_command(&self, request_id: RequestId, op: WriteOp) -> Command {
-        Command::Write(WriteCommand { request_id, version: self.clock.now(), op })
+        Command::Write(WriteCommand {
+            request_id,
+            version: self.clock.now(),
+            op,
+        })
     }
 
     /// Writes at `level`. STRONG needs this node to be the leader (a client
     /// is redirected otherwise); LOCAL works on any node.
-    pub async fn write(&self, level: WriteLevel, request_id: RequestId, op: WriteOp) -> Result<Written, ApiError> {
+    pub async fn write(
+        &self,
+        level: WriteLevel,
+        request_id: RequestId,
+        op: WriteOp,
+    ) -> Result<Written, ApiError> {
         match level {
             WriteLevel::Strong => self.write_strong(request_id, op).await,
             WriteLevel::Local => Ok(Written::Local(self.accept_local(request_id, op).await?)),
@@ -72,16 +86,27 @@ impl NodeContext {
                     // No quorum within the budget: keep the write here. If the
                     // STRONG attempt commits after all, its request id makes
                     // the provisional copy a no-op when it is reconciled.
-                    Ok(Err(_)) | Err(_) => Ok(Written::Local(self.accept_local(request_id, op).await?)),
+                    Ok(Err(_)) | Err(_) => {
+                        Ok(Written::Local(self.accept_local(request_id, op).await?))
+                    }
                 }
             }
         }
     }
 
     /// A STRONG write on this node, which must be the leader.
-    pub async fn write_strong(&self, request_id: RequestId, op: WriteOp) -> Result<Written, ApiError> {
-        let committed = self.propose_as_leader(self.write_command(request_id, op)).await?;
-        Ok(Written::Strong { outcome: write_outcome(self.id, committed.result)?, log_index: committed.log_index })
+    pub async fn write_strong(
+        &self,
+        request_id: RequestId,
+        op: WriteOp,
+    ) -> Result<Written, ApiError> {
+        let committed = self
+            .propose_as_leader(self.write_command(request_id, op))
+            .await?;
+        Ok(Written::Strong {
+            outcome: write_outcome(self.id, committed.result)?,
+            log_index: committed.log_index,
+        })
     }
 
     /// Proposes on this node, which must be the leader with a quorum. While
@@ -91,7 +116,8 @@ impl NodeContext {
         self.check_leader_quorum()?;
         let write = self.raft.client_write(command);
         tokio::pin!(write);
-        let mut watchdog = tokio::time::interval(Duration::from_millis(self.timing.heartbeat_interval_ms));
+        let mut watchdog =
+            tokio::time::interval(Duration::from_millis(self.timing.heartbeat_interval_ms));
         loop {
             tokio::select! {
                 result = &mut write => {
@@ -117,8 +143,14 @@ impl NodeContext {
             Some((leader, _)) if leader == self.id => self.propose_as_leader(command).await,
             Some((leader, addr)) => {
                 let timeout = Duration::from_millis(FORWARD_PROPOSE_TIMEOUT_MS);
-                let reply = self.network.propose(leader, &addr, &command, timeout).await?;
-                Ok(Committed { result: reply.result, log_index: reply.log_index })
+                let reply = self
+                    .network
+                    .propose(leader, &addr, &command, timeout)
+                    .await?;
+                Ok(Committed {
+                    result: reply.result,
+                    log_index: reply.log_index,
+                })
             }
             None => Err(ApiError::NoLeader { node: self.id }),
         }
@@ -126,15 +158,23 @@ impl NodeContext {
 
     /// Stores a LOCAL write durably in this node's provisional store and
     /// wakes the reconciler.
-    pub async fn accept_local(&self, request_id: RequestId, op: WriteOp) -> Result<Accepted, ApiError> {
+    pub async fn accept_local(
+        &self,
+        request_id: RequestId,
+        op: WriteOp,
+    ) -> Result<Accepted, ApiError> {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let accepted = self.provisional.accept(request_id, op, || self.clock.now(), now_ms).await.map_err(|e| match e {
-            AcceptError::Full => ApiError::Overloaded(e.to_string()),
-            AcceptError::Storage(e) => ApiError::from_storage(self.id, *e),
-        })?;
+        let accepted = self
+            .provisional
+            .accept(request_id, op, || self.clock.now(), now_ms)
+            .await
+            .map_err(|e| match e {
+                AcceptError::Full => ApiError::Overloaded(e.to_string()),
+                AcceptError::Storage(e) => ApiError::from_storage(self.id, *e),
+            })?;
         self.reconcile_wakeup.notify_one();
         Ok(accepted)
     }
@@ -145,14 +185,20 @@ impl NodeContext {
         match written {
             Written::Strong { log_index, .. } => {
                 merge_token(&mut session, *log_index, None);
-                v1::ResponseMeta { write_consistency: v1::WriteConsistency::Strong as i32, ..self.meta(session) }
+                v1::ResponseMeta {
+                    write_consistency: v1::WriteConsistency::Strong as i32,
+                    ..self.meta(session)
+                }
             }
             Written::Local(accepted) => {
                 merge_token(&mut session, 0, Some((self.id, accepted.seq)));
                 v1::ResponseMeta {
                     write_consistency: v1::WriteConsistency::Local as i32,
                     includes_provisional: true,
-                    provisional_write: Some(v1::WriteId { origin_node: self.id, seq: accepted.seq }),
+                    provisional_write: Some(v1::WriteId {
+                        origin_node: self.id,
+                        seq: accepted.seq,
+                    }),
                     ..self.meta(session)
                 }
             }
@@ -161,17 +207,26 @@ impl NodeContext {
 }
 
 /// The write outcome of a committed write entry.
-fn write_outcome(node: crate::types::NodeId, result: CommandResult) -> Result<WriteOutcome, ApiError> {
+fn write_outcome(
+    node: crate::types::NodeId,
+    result: CommandResult,
+) -> Result<WriteOutcome, ApiError> {
     match result {
         CommandResult::Write(outcome) => Ok(outcome),
-        other => Err(ApiError::Storage { node, detail: format!("a write entry applied as {other:?}, not as a write") }),
+        other => Err(ApiError::Storage {
+            node,
+            detail: format!("a write entry applied as {other:?}, not as a write"),
+        }),
     }
 }
 
 /// Without an explicit budget, a STRONG_OR_LOCAL write gives the STRONG
 /// attempt half of what is left of its deadline, so the LOCAL fallback
 /// still fits.
-pub fn write_level(choice: &super::validate::WriteChoice, deadline: std::time::Instant) -> WriteLevel {
+pub fn write_level(
+    choice: &super::validate::WriteChoice,
+    deadline: std::time::Instant,
+) -> WriteLevel {
     match choice.level {
         v1::WriteConsistency::Local => WriteLevel::Local,
         v1::WriteConsistency::StrongOrLocal => {

@@ -134,7 +134,10 @@ pub struct AppMeta {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum ConflictTarget {
     Key(Vec<u8>),
-    Reading { sensor_id: String, timestamp_ms: u64 },
+    Reading {
+        sensor_id: String,
+        timestamp_ms: u64,
+    },
 }
 
 /// A provisional write's item that lost to a newer version on reconciliation.

@@ -7,7 +7,6 @@
 //! and applied on this node; only then is it removed, so an EVENTUAL read on
 //! this node sees it without a gap.
 
-use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::Mutex;
 
@@ -23,6 +22,8 @@ use super::keys::Indexed;
 use super::keys::PendingWrite;
 use super::keys::StoredReading;
 use super::keys::StoredValue;
+use super::state_machine::latest_row;
+use super::state_machine::range_rows;
 use super::state_machine::ReadingRow;
 use crate::types::ProvisionalWrite;
 use crate::types::RequestId;
@@ -103,7 +104,12 @@ impl ProvisionalStore {
 
     /// The seq the next accepted write gets. Every seq below it was accepted.
     pub fn next_seq(&self) -> u64 {
-        self.meta.get(keys::NEXT_SEQ_KEY).ok().flatten().and_then(|v| keys::decode_u64(&v)).unwrap_or(1)
+        self.meta
+            .get(keys::NEXT_SEQ_KEY)
+            .ok()
+            .flatten()
+            .and_then(|v| keys::decode_u64(&v))
+            .unwrap_or(1)
     }
 
     /// Stores a LOCAL write durably and returns its seq. `make_version` is
@@ -122,15 +128,26 @@ impl ProvisionalStore {
         }
         let accepting = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
         let version = make_version();
-        let result = (&self.log, &self.meta, &self.kv, &self.readings, &self.requests).transaction(
-            |(log, meta, kv, readings, requests)| {
+        let result = (
+            &self.log,
+            &self.meta,
+            &self.kv,
+            &self.readings,
+            &self.requests,
+        )
+            .transaction(|(log, meta, kv, readings, requests)| {
                 if !request_id.is_empty() {
                     if let Some(seq) = requests.get(&request_id)? {
                         let seq = keys::decode_u64(&seq).unwrap_or(0);
                         if let Some(bytes) = log.get(keys::log_index_key(seq))? {
-                            let pending: PendingWrite = keys::decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+                            let pending: PendingWrite = keys::decode(&bytes)
+                                .map_err(ConflictableTransactionError::Abort)?;
                             let versions = item_versions(&pending.write.op, pending.write.version);
-                            return Ok(Accepted { seq, versions, deduplicated: true });
+                            return Ok(Accepted {
+                                seq,
+                                versions,
+                                deduplicated: true,
+                            });
                         }
                     }
                 }
@@ -138,37 +155,69 @@ impl ProvisionalStore {
                     Some(bytes) => keys::decode_u64(&bytes).unwrap_or(1),
                     None => 1,
                 };
-                let write = ProvisionalWrite { seq, request_id: request_id.clone(), version, op: op.clone() };
+                let write = ProvisionalWrite {
+                    seq,
+                    request_id: request_id.clone(),
+                    version,
+                    op: op.clone(),
+                };
                 match &write.op {
                     WriteOp::PutReadings(batch) => {
                         for r in batch {
-                            let value = StoredReading { value: r.value, tags: r.tags.clone(), version };
-                            readings.insert(keys::reading_key(&r.sensor_id, r.timestamp_ms), keys::encode(&Indexed { seq, value }))?;
+                            let value = StoredReading {
+                                value: r.value,
+                                tags: r.tags.clone(),
+                                version,
+                            };
+                            readings.insert(
+                                keys::reading_key(&r.sensor_id, r.timestamp_ms),
+                                keys::encode(&Indexed { seq, value }),
+                            )?;
                         }
                     }
                     WriteOp::Put { key, value } => {
-                        let value = StoredValue { value: Some(value.clone()), version };
+                        let value = StoredValue {
+                            value: Some(value.clone()),
+                            version,
+                        };
                         kv.insert(key.as_slice(), keys::encode(&Indexed { seq, value }))?;
                     }
                     WriteOp::Delete { key } => {
-                        kv.insert(key.as_slice(), keys::encode(&Indexed { seq, value: StoredValue { value: None, version } }))?;
+                        kv.insert(
+                            key.as_slice(),
+                            keys::encode(&Indexed {
+                                seq,
+                                value: StoredValue {
+                                    value: None,
+                                    version,
+                                },
+                            }),
+                        )?;
                     }
                     WriteOp::CompareAndSet { .. } => {
                         // The API refuses LOCAL compare-and-set before it gets here.
-                        return Err(ConflictableTransactionError::Abort(Box::new(bincode::ErrorKind::Custom(
-                            "compare-and-set cannot be provisional".into(),
-                        ))));
+                        return Err(ConflictableTransactionError::Abort(Box::new(
+                            bincode::ErrorKind::Custom(
+                                "compare-and-set cannot be provisional".into(),
+                            ),
+                        )));
                     }
                 }
                 if !request_id.is_empty() {
                     requests.insert(request_id.as_slice(), &keys::log_index_key(seq))?;
                 }
-                let pending = PendingWrite { write, accepted_at_ms };
+                let pending = PendingWrite {
+                    write,
+                    accepted_at_ms,
+                };
                 log.insert(&keys::log_index_key(seq), keys::encode(&pending))?;
                 meta.insert(keys::NEXT_SEQ_KEY, &keys::log_index_key(seq + 1))?;
-                Ok(Accepted { seq, versions: item_versions(&op, version), deduplicated: false })
-            },
-        );
+                Ok(Accepted {
+                    seq,
+                    versions: item_versions(&op, version),
+                    deduplicated: false,
+                })
+            });
         drop(accepting);
         let accepted = result.map_err(|e| match e {
             TransactionError::Abort(e) => write_err(e),
@@ -180,7 +229,11 @@ impl ProvisionalStore {
 
     /// The oldest pending writes in seq order: at most `max_writes`, and at
     /// most about `max_bytes` encoded (always at least one).
-    pub fn oldest(&self, max_writes: usize, max_bytes: usize) -> Result<Vec<ProvisionalWrite>, StorageError> {
+    pub fn oldest(
+        &self,
+        max_writes: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<ProvisionalWrite>, StorageError> {
         let mut batch = Vec::new();
         let mut bytes = 0;
         for row in self.log.iter() {
@@ -198,37 +251,47 @@ impl ProvisionalStore {
     /// Removes writes that are committed and applied on this node. An index
     /// entry is removed only by the write that put it there.
     pub fn remove(&self, writes: &[ProvisionalWrite]) -> Result<(), StorageError> {
-        let result = (&self.log, &self.kv, &self.readings, &self.requests).transaction(|(log, kv, readings, requests)| {
-            for write in writes {
-                let seq_key = keys::log_index_key(write.seq);
-                log.remove(&seq_key)?;
-                let owned_by_this = |entry: Option<sled::IVec>| -> bool {
-                    entry.is_some_and(|bytes| {
-                        // `seq` is the first field of `Indexed`: decode just it.
-                        keys::decode::<u64>(&bytes).map(|seq| seq == write.seq).unwrap_or(false)
-                    })
-                };
-                match &write.op {
-                    WriteOp::PutReadings(batch) => {
-                        for r in batch {
-                            let key = keys::reading_key(&r.sensor_id, r.timestamp_ms);
-                            if owned_by_this(readings.get(&key)?) {
-                                readings.remove(key)?;
+        let result = (&self.log, &self.kv, &self.readings, &self.requests).transaction(
+            |(log, kv, readings, requests)| {
+                for write in writes {
+                    let seq_key = keys::log_index_key(write.seq);
+                    log.remove(&seq_key)?;
+                    let owned_by_this = |entry: Option<sled::IVec>| -> bool {
+                        entry.is_some_and(|bytes| {
+                            // `seq` is the first field of `Indexed`: decode just it.
+                            keys::decode::<u64>(&bytes)
+                                .map(|seq| seq == write.seq)
+                                .unwrap_or(false)
+                        })
+                    };
+                    match &write.op {
+                        WriteOp::PutReadings(batch) => {
+                            for r in batch {
+                                let key = keys::reading_key(&r.sensor_id, r.timestamp_ms);
+                                if owned_by_this(readings.get(&key)?) {
+                                    readings.remove(key)?;
+                                }
+                            }
+                        }
+                        WriteOp::Put { key, .. }
+                        | WriteOp::Delete { key }
+                        | WriteOp::CompareAndSet { key, .. } => {
+                            if owned_by_this(kv.get(key)?) {
+                                kv.remove(key.as_slice())?;
                             }
                         }
                     }
-                    WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
-                        if owned_by_this(kv.get(key)?) {
-                            kv.remove(key.as_slice())?;
-                        }
+                    if !write.request_id.is_empty()
+                        && requests
+                            .get(&write.request_id)?
+                            .is_some_and(|s| *s == seq_key)
+                    {
+                        requests.remove(write.request_id.as_slice())?;
                     }
                 }
-                if !write.request_id.is_empty() && requests.get(&write.request_id)?.is_some_and(|s| *s == seq_key) {
-                    requests.remove(write.request_id.as_slice())?;
-                }
-            }
-            Ok::<_, ConflictableTransactionError<()>>(())
-        });
+                Ok::<_, ConflictableTransactionError<()>>(())
+            },
+        );
         result.map_err(|e| match e {
             TransactionError::Abort(()) => write_err(std::io::Error::other("aborted")),
             TransactionError::Storage(e) => write_err(e),
@@ -242,49 +305,46 @@ impl ProvisionalStore {
     /// When the oldest pending write was accepted (node wall clock, ms).
     pub fn oldest_accepted_at_ms(&self) -> Option<u64> {
         let (_, value) = self.log.first().ok().flatten()?;
-        keys::decode::<PendingWrite>(&value).ok().map(|p| p.accepted_at_ms)
+        keys::decode::<PendingWrite>(&value)
+            .ok()
+            .map(|p| p.accepted_at_ms)
     }
 
     /// The newest pending value of a key, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageError> {
         match self.kv.get(key).map_err(read_err)? {
-            Some(bytes) => Ok(Some(keys::decode::<Indexed<StoredValue>>(&bytes).map_err(read_err)?.value)),
+            Some(bytes) => Ok(Some(
+                keys::decode::<Indexed<StoredValue>>(&bytes)
+                    .map_err(read_err)?
+                    .value,
+            )),
             None => Ok(None),
         }
     }
 
     pub fn latest_reading(&self, sensor_id: &str) -> Result<Option<ReadingRow>, StorageError> {
-        match self.readings.scan_prefix(keys::sensor_prefix(sensor_id)).next_back() {
-            Some(row) => decode_row(row).map(Some),
-            None => Ok(None),
-        }
+        latest_row(&self.readings, sensor_id, decode_indexed_reading)
     }
 
     /// Pending readings of a sensor in `[from_ms, to_ms]`, in time order.
     pub fn range_readings(
         &self,
         sensor_id: &str,
-        from_ms: u64,
-        to_ms: u64,
+        (from_ms, to_ms): (u64, u64),
         limit: usize,
         descending: bool,
     ) -> Result<Vec<ReadingRow>, StorageError> {
-        if from_ms > to_ms {
-            return Ok(Vec::new());
-        }
-        let range = self.readings.range::<Vec<u8>, _>((
-            Bound::Included(keys::reading_key(sensor_id, from_ms)),
-            Bound::Included(keys::reading_key(sensor_id, to_ms)),
-        ));
-        let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            if descending { Box::new(range.rev()) } else { Box::new(range) };
-        rows.take(limit).map(decode_row).collect()
+        range_rows(
+            &self.readings,
+            sensor_id,
+            (from_ms, to_ms),
+            limit,
+            descending,
+            decode_indexed_reading,
+        )
     }
 }
 
-fn decode_row(row: sled::Result<(sled::IVec, sled::IVec)>) -> Result<ReadingRow, StorageError> {
-    let (key, value) = row.map_err(read_err)?;
-    let timestamp_ms = keys::reading_key_timestamp(&key).ok_or_else(|| read_err(std::io::Error::other("short reading key")))?;
-    let indexed: Indexed<StoredReading> = keys::decode(&value).map_err(read_err)?;
-    Ok(ReadingRow { timestamp_ms, reading: indexed.value })
+fn decode_indexed_reading(bytes: &[u8]) -> Result<StoredReading, bincode::Error> {
+    keys::decode::<Indexed<StoredReading>>(bytes).map(|indexed| indexed.value)
 }

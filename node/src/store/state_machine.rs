@@ -41,10 +41,10 @@ use crate::types::Command;
 use crate::types::CommandResult;
 use crate::types::Entry;
 use crate::types::Expected;
+use crate::types::LogId;
 use crate::types::NodeId;
 use crate::types::ProvisionalWrite;
 use crate::types::ReconcileOutcome;
-use crate::types::LogId;
 use crate::types::SnapshotMeta;
 use crate::types::StorageError;
 use crate::types::StoredMembership;
@@ -193,7 +193,9 @@ pub enum MergeDecision {
 pub fn merge_decision(rule: Merge, incoming: Version, current: Option<Version>) -> MergeDecision {
     match (rule, current) {
         (Merge::Strong, current) => MergeDecision::Replace(strong_write_version(incoming, current)),
-        (Merge::LastWriterWins, Some(current)) if current >= incoming => MergeDecision::Superseded { winner: current },
+        (Merge::LastWriterWins, Some(current)) if current >= incoming => {
+            MergeDecision::Superseded { winner: current }
+        }
         (Merge::LastWriterWins, _) => MergeDecision::Replace(incoming),
     }
 }
@@ -329,43 +331,53 @@ impl StateMachineStore {
         let t = &self.trees;
         let start_app = self.app.clone();
         let start_membership = self.last_membership.clone();
-        let outcome = (&t.meta, &t.kv, &t.readings, &t.request_ids, &t.request_order, &t.conflicts).transaction(
-            |(meta, kv, readings, request_ids, request_order, conflicts)| {
-                let mut applier = Applier {
-                    kv,
-                    readings,
-                    request_ids,
-                    request_order,
-                    conflicts,
-                    app: start_app.clone(),
-                    log_index: 0,
-                };
-                let mut membership = start_membership.clone();
-                let mut last_applied = None;
-                let mut results = Vec::with_capacity(entries.len());
-                for entry in &entries {
-                    last_applied = Some(entry.log_id);
-                    applier.log_index = entry.log_id.index;
-                    let result = match &entry.payload {
-                        EntryPayload::Blank => CommandResult::None,
-                        EntryPayload::Membership(m) => {
-                            membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                            CommandResult::None
-                        }
-                        EntryPayload::Normal(Command::Write(write)) => CommandResult::Write(applier.strong_write(write)?),
-                        EntryPayload::Normal(Command::Reconcile { origin, writes }) => {
-                            CommandResult::Reconciled(applier.reconcile(*origin, writes)?)
-                        }
+        let outcome = (
+            &t.meta,
+            &t.kv,
+            &t.readings,
+            &t.request_ids,
+            &t.request_order,
+            &t.conflicts,
+        )
+            .transaction(
+                |(meta, kv, readings, request_ids, request_order, conflicts)| {
+                    let mut applier = Applier {
+                        kv,
+                        readings,
+                        request_ids,
+                        request_order,
+                        conflicts,
+                        app: start_app.clone(),
+                        log_index: 0,
                     };
-                    results.push(result);
-                }
-                let app = applier.app;
-                meta.insert(keys::LAST_APPLIED_KEY, keys::encode(&last_applied))?;
-                meta.insert(keys::LAST_MEMBERSHIP_KEY, keys::encode(&membership))?;
-                meta.insert(keys::APP_META_KEY, keys::encode(&app))?;
-                Ok((results, app, membership, last_applied))
-            },
-        );
+                    let mut membership = start_membership.clone();
+                    let mut last_applied = None;
+                    let mut results = Vec::with_capacity(entries.len());
+                    for entry in &entries {
+                        last_applied = Some(entry.log_id);
+                        applier.log_index = entry.log_id.index;
+                        let result = match &entry.payload {
+                            EntryPayload::Blank => CommandResult::None,
+                            EntryPayload::Membership(m) => {
+                                membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                                CommandResult::None
+                            }
+                            EntryPayload::Normal(Command::Write(write)) => {
+                                CommandResult::Write(applier.strong_write(write)?)
+                            }
+                            EntryPayload::Normal(Command::Reconcile { origin, writes }) => {
+                                CommandResult::Reconciled(applier.reconcile(*origin, writes)?)
+                            }
+                        };
+                        results.push(result);
+                    }
+                    let app = applier.app;
+                    meta.insert(keys::LAST_APPLIED_KEY, keys::encode(&last_applied))?;
+                    meta.insert(keys::LAST_MEMBERSHIP_KEY, keys::encode(&membership))?;
+                    meta.insert(keys::APP_META_KEY, keys::encode(&app))?;
+                    Ok((results, app, membership, last_applied))
+                },
+            );
         let (results, app, membership, last_applied) = outcome.map_err(|e| match e {
             TransactionError::Abort(e) => sm_write_err(e),
             TransactionError::Storage(e) => sm_write_err(e),
@@ -432,9 +444,15 @@ impl Applier<'_> {
     /// A STRONG write (including compare-and-set), deduplicated by request id.
     fn strong_write(&mut self, write: &WriteCommand) -> TxResult<WriteOutcome> {
         if let Some(outcome) = self.remembered(&write.request_id)? {
-            return Ok(WriteOutcome { deduplicated: true, ..outcome });
+            return Ok(WriteOutcome {
+                deduplicated: true,
+                ..outcome
+            });
         }
-        let writer = Writer { rule: Merge::Strong, write_id: None };
+        let writer = Writer {
+            rule: Merge::Strong,
+            write_id: None,
+        };
         let outcome = self.write_op(&write.op, write.version, writer)?;
         self.remember(&write.request_id, &outcome)?;
         Ok(outcome)
@@ -443,7 +461,11 @@ impl Applier<'_> {
     /// A batch of provisional writes from `origin`, in seq order. Idempotent:
     /// a write at or below the origin's high-water mark, or whose request id
     /// is remembered, was applied before and is skipped.
-    fn reconcile(&mut self, origin: NodeId, writes: &[ProvisionalWrite]) -> TxResult<ReconcileOutcome> {
+    fn reconcile(
+        &mut self,
+        origin: NodeId,
+        writes: &[ProvisionalWrite],
+    ) -> TxResult<ReconcileOutcome> {
         let mut outcome = ReconcileOutcome::default();
         for write in writes {
             let high_water = self.app.reconciled_seq.get(&origin).copied().unwrap_or(0);
@@ -459,7 +481,10 @@ impl Applier<'_> {
                 continue;
             }
             let conflicts_before = self.app.conflicts_total;
-            let writer = Writer { rule: Merge::LastWriterWins, write_id: Some((origin, write.seq)) };
+            let writer = Writer {
+                rule: Merge::LastWriterWins,
+                write_id: Some((origin, write.seq)),
+            };
             let result = self.write_op(&write.op, write.version, writer)?;
             self.remember(&write.request_id, &result)?;
             let lost = self.app.conflicts_total - conflicts_before;
@@ -471,7 +496,12 @@ impl Applier<'_> {
         Ok(outcome)
     }
 
-    fn write_op(&mut self, op: &WriteOp, version: Version, writer: Writer) -> TxResult<WriteOutcome> {
+    fn write_op(
+        &mut self,
+        op: &WriteOp,
+        version: Version,
+        writer: Writer,
+    ) -> TxResult<WriteOutcome> {
         let mut outcome = WriteOutcome::default();
         match op {
             WriteOp::PutReadings(batch) => {
@@ -483,7 +513,11 @@ impl Applier<'_> {
                     };
                     let kept = match merge_decision(writer.rule, version, current) {
                         MergeDecision::Replace(version) => {
-                            let stored = StoredReading { value: reading.value, tags: reading.tags.clone(), version };
+                            let stored = StoredReading {
+                                value: reading.value,
+                                tags: reading.tags.clone(),
+                                version,
+                            };
                             self.readings.insert(key, keys::encode(&stored))?;
                             version
                         }
@@ -499,9 +533,15 @@ impl Applier<'_> {
                     outcome.versions.push(kept);
                 }
             }
-            WriteOp::Put { key, value } => self.write_key(key, Some(value), version, writer, &mut outcome)?,
+            WriteOp::Put { key, value } => {
+                self.write_key(key, Some(value), version, writer, &mut outcome)?
+            }
             WriteOp::Delete { key } => self.write_key(key, None, version, writer, &mut outcome)?,
-            WriteOp::CompareAndSet { key, expected, value } => {
+            WriteOp::CompareAndSet {
+                key,
+                expected,
+                value,
+            } => {
                 let current = self.current_value(key)?;
                 let matches = match (expected, &current) {
                     (Expected::Absent, None) => true,
@@ -544,7 +584,13 @@ impl Applier<'_> {
         outcome.existed = current.as_ref().is_some_and(|c| c.value.is_some());
         match merge_decision(writer.rule, version, current.map(|c| c.version)) {
             MergeDecision::Replace(version) => {
-                self.kv.insert(key, keys::encode(&StoredValue { value: value.cloned(), version }))?;
+                self.kv.insert(
+                    key,
+                    keys::encode(&StoredValue {
+                        value: value.cloned(),
+                        version,
+                    }),
+                )?;
                 outcome.versions.push(version);
             }
             MergeDecision::Superseded { winner } => {
@@ -557,7 +603,13 @@ impl Applier<'_> {
 
     /// Appends to the conflict log and drops the oldest records beyond
     /// `MAX_CONFLICT_RECORDS`. Deterministic: driven by apply order alone.
-    fn record_conflict(&mut self, target: ConflictTarget, loser: Version, winner: Version, writer: Writer) -> TxResult<()> {
+    fn record_conflict(
+        &mut self,
+        target: ConflictTarget,
+        loser: Version,
+        winner: Version,
+        writer: Writer,
+    ) -> TxResult<()> {
         let record = ConflictRecord {
             target,
             loser,
@@ -566,10 +618,12 @@ impl Applier<'_> {
             log_index: self.log_index,
         };
         let sequence = self.app.conflicts_total;
-        self.conflicts.insert(&keys::log_index_key(sequence), keys::encode(&record))?;
+        self.conflicts
+            .insert(&keys::log_index_key(sequence), keys::encode(&record))?;
         self.app.conflicts_total += 1;
         while self.app.conflicts_total - self.app.oldest_conflict_sequence > MAX_CONFLICT_RECORDS {
-            self.conflicts.remove(&keys::log_index_key(self.app.oldest_conflict_sequence))?;
+            self.conflicts
+                .remove(&keys::log_index_key(self.app.oldest_conflict_sequence))?;
             self.app.oldest_conflict_sequence += 1;
         }
         Ok(())
@@ -583,12 +637,20 @@ impl Applier<'_> {
         }
         let app = &mut self.app;
         let sequence = app.next_request_sequence;
-        let remembered = RememberedRequest { sequence, outcome: outcome.clone() };
-        self.request_ids.insert(request_id, keys::encode(&remembered))?;
-        self.request_order.insert(&keys::log_index_key(sequence), request_id)?;
+        let remembered = RememberedRequest {
+            sequence,
+            outcome: outcome.clone(),
+        };
+        self.request_ids
+            .insert(request_id, keys::encode(&remembered))?;
+        self.request_order
+            .insert(&keys::log_index_key(sequence), request_id)?;
         app.next_request_sequence += 1;
         while app.next_request_sequence - app.oldest_request_sequence > MAX_REMEMBERED_REQUESTS {
-            if let Some(old_id) = self.request_order.remove(&keys::log_index_key(app.oldest_request_sequence))? {
+            if let Some(old_id) = self
+                .request_order
+                .remove(&keys::log_index_key(app.oldest_request_sequence))?
+            {
                 self.request_ids.remove(old_id)?;
             }
             app.oldest_request_sequence += 1;
@@ -735,7 +797,12 @@ pub struct ReadingRow {
 impl ReadView {
     /// The state machine's own bookkeeping (reconciled seqs, conflict count).
     pub fn app_meta(&self) -> Result<AppMeta, StorageError> {
-        match self.trees.meta.get(keys::APP_META_KEY).map_err(sm_read_err)? {
+        match self
+            .trees
+            .meta
+            .get(keys::APP_META_KEY)
+            .map_err(sm_read_err)?
+        {
             Some(bytes) => keys::decode(&bytes).map_err(sm_read_err),
             None => Ok(AppMeta::default()),
         }
@@ -763,15 +830,9 @@ impl ReadView {
     }
 
     pub fn latest_reading(&self, sensor_id: &str) -> Result<Option<ReadingRow>, StorageError> {
-        match self
-            .trees
-            .readings
-            .scan_prefix(keys::sensor_prefix(sensor_id))
-            .next_back()
-        {
-            Some(row) => decode_reading_row(row).map(Some),
-            None => Ok(None),
-        }
+        latest_row(&self.trees.readings, sensor_id, |bytes| {
+            keys::decode::<StoredReading>(bytes)
+        })
     }
 
     /// Up to `limit` readings of a sensor with `from_ms <= ts <= to_ms`, in
@@ -779,29 +840,62 @@ impl ReadView {
     pub fn range_readings(
         &self,
         sensor_id: &str,
-        from_ms: u64,
-        to_ms: u64,
+        (from_ms, to_ms): (u64, u64),
         limit: usize,
         descending: bool,
     ) -> Result<Vec<ReadingRow>, StorageError> {
-        if from_ms > to_ms {
-            return Ok(Vec::new());
-        }
-        let range = self
-            .trees
-            .readings
-            .range(keys::reading_key(sensor_id, from_ms)..=keys::reading_key(sensor_id, to_ms));
-        let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
-            Box::new(range.rev())
-        } else {
-            Box::new(range)
-        };
-        rows.take(limit).map(decode_reading_row).collect()
+        range_rows(
+            &self.trees.readings,
+            sensor_id,
+            (from_ms, to_ms),
+            limit,
+            descending,
+            keys::decode::<StoredReading>,
+        )
     }
 }
 
-fn decode_reading_row(
+/// The newest row of a tree keyed like `readings` (the replicated tree or
+/// the provisional index); `decode` turns a value into the reading.
+pub(crate) fn latest_row(
+    tree: &sled::Tree,
+    sensor_id: &str,
+    decode: impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
+) -> Result<Option<ReadingRow>, StorageError> {
+    tree.scan_prefix(keys::sensor_prefix(sensor_id))
+        .next_back()
+        .map(|row| decode_row(row, &decode))
+        .transpose()
+}
+
+/// Up to `limit` rows of a tree keyed like `readings` with
+/// `from_ms <= ts <= to_ms`, in time order (newest first when `descending`).
+pub(crate) fn range_rows(
+    tree: &sled::Tree,
+    sensor_id: &str,
+    (from_ms, to_ms): (u64, u64),
+    limit: usize,
+    descending: bool,
+    decode: impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
+) -> Result<Vec<ReadingRow>, StorageError> {
+    if from_ms > to_ms {
+        return Ok(Vec::new());
+    }
+    let range =
+        tree.range(keys::reading_key(sensor_id, from_ms)..=keys::reading_key(sensor_id, to_ms));
+    let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
+        Box::new(range.rev())
+    } else {
+        Box::new(range)
+    };
+    rows.take(limit)
+        .map(|row| decode_row(row, &decode))
+        .collect()
+}
+
+fn decode_row(
     row: sled::Result<(sled::IVec, sled::IVec)>,
+    decode: &impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
 ) -> Result<ReadingRow, StorageError> {
     let (key, value) = row.map_err(sm_read_err)?;
     let timestamp_ms = keys::reading_key_timestamp(&key).ok_or_else(|| {
@@ -811,7 +905,7 @@ fn decode_reading_row(
     })?;
     Ok(ReadingRow {
         timestamp_ms,
-        reading: keys::decode(&value).map_err(sm_read_err)?,
+        reading: decode(&value).map_err(sm_read_err)?,
     })
 }
 
@@ -820,7 +914,11 @@ mod tests {
     use super::*;
 
     fn v(physical_ms: u64, logical: u32, origin_node: u64) -> Version {
-        Version { physical_ms, logical, origin_node }
+        Version {
+            physical_ms,
+            logical,
+            origin_node,
+        }
     }
 
     /// DESIGN.md's merge rule, case by case: (rule, incoming, current, decision).
@@ -837,16 +935,51 @@ mod tests {
             (Strong, v(10, 0, 1), Some(v(10, 0, 1)), Replace(v(10, 1, 1))),
             // A reconciled provisional write wins only with a greater version.
             (LastWriterWins, v(10, 0, 3), None, Replace(v(10, 0, 3))),
-            (LastWriterWins, v(10, 0, 3), Some(v(9, 9, 9)), Replace(v(10, 0, 3))),
-            (LastWriterWins, v(10, 0, 3), Some(v(10, 1, 1)), Superseded { winner: v(10, 1, 1) }),
+            (
+                LastWriterWins,
+                v(10, 0, 3),
+                Some(v(9, 9, 9)),
+                Replace(v(10, 0, 3)),
+            ),
+            (
+                LastWriterWins,
+                v(10, 0, 3),
+                Some(v(10, 1, 1)),
+                Superseded {
+                    winner: v(10, 1, 1),
+                },
+            ),
             // Same clock: the origin node breaks the tie, the same on every replica.
-            (LastWriterWins, v(10, 0, 3), Some(v(10, 0, 2)), Replace(v(10, 0, 3))),
-            (LastWriterWins, v(10, 0, 2), Some(v(10, 0, 3)), Superseded { winner: v(10, 0, 3) }),
+            (
+                LastWriterWins,
+                v(10, 0, 3),
+                Some(v(10, 0, 2)),
+                Replace(v(10, 0, 3)),
+            ),
+            (
+                LastWriterWins,
+                v(10, 0, 2),
+                Some(v(10, 0, 3)),
+                Superseded {
+                    winner: v(10, 0, 3),
+                },
+            ),
             // The same version again (a write applied twice) never replaces.
-            (LastWriterWins, v(10, 0, 3), Some(v(10, 0, 3)), Superseded { winner: v(10, 0, 3) }),
+            (
+                LastWriterWins,
+                v(10, 0, 3),
+                Some(v(10, 0, 3)),
+                Superseded {
+                    winner: v(10, 0, 3),
+                },
+            ),
         ];
         for (rule, incoming, current, expected) in cases {
-            assert_eq!(merge_decision(rule, incoming, current), expected, "{rule:?} {incoming} over {current:?}");
+            assert_eq!(
+                merge_decision(rule, incoming, current),
+                expected,
+                "{rule:?} {incoming} over {current:?}"
+            );
         }
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use capkv_node::config::NodeConfig;
@@ -90,7 +90,7 @@ impl TestCluster {
             tweak(&mut config);
             configs.insert(id, config);
         }
-                let mut cluster = Self {
+        let mut cluster = Self {
             links: Arc::new(LinkFilter::default()),
             _dir: dir,
             configs,
@@ -98,9 +98,13 @@ impl TestCluster {
             nodes: BTreeMap::new(),
         };
         for (id, listener) in listeners {
-                        let node = capkv_node::start_with_links(&cluster.configs[&id], listener, cluster.links.clone())
-                .await
-                .expect("start node");
+            let node = capkv_node::start_with_links(
+                &cluster.configs[&id],
+                listener,
+                cluster.links.clone(),
+            )
+            .await
+            .expect("start node");
             cluster.nodes.insert(id, node);
         }
         let init = cluster
@@ -148,8 +152,9 @@ impl TestCluster {
         let listener = TcpListener::bind(self.addrs[&id])
             .await
             .expect("rebind the node's address");
-                let node =
-            capkv_node::start_with_links(&self.configs[&id], listener, self.links.clone()).await.expect("restart node");
+        let node = capkv_node::start_with_links(&self.configs[&id], listener, self.links.clone())
+            .await
+            .expect("restart node");
         self.nodes.insert(id, node);
     }
 
@@ -169,7 +174,7 @@ impl TestCluster {
         .await
     }
 
-        /// Cuts `node` off from every other node (both directions).
+    /// Cuts `node` off from every other node (both directions).
     pub fn isolate(&self, node: u64) {
         self.links.isolate(node, self.ids());
     }
@@ -181,16 +186,19 @@ impl TestCluster {
     /// Waits until the nodes other than `excluded` agree on a leader among
     /// themselves, and returns it.
     pub async fn leader_among_others(&self, excluded: u64) -> u64 {
-        eventually(&format!("a leader among the nodes other than {excluded}"), || async {
-            let leaders: Vec<Option<u64>> = self
-                .nodes
-                .iter()
-                .filter(|(id, _)| **id != excluded)
-                .map(|(_, n)| n.raft.metrics().borrow().current_leader)
-                .collect();
-            let first = leaders.first().copied().flatten()?;
-            (first != excluded && leaders.iter().all(|l| *l == Some(first))).then_some(first)
-        })
+        eventually(
+            &format!("a leader among the nodes other than {excluded}"),
+            || async {
+                let leaders: Vec<Option<u64>> = self
+                    .nodes
+                    .iter()
+                    .filter(|(id, _)| **id != excluded)
+                    .map(|(_, n)| n.raft.metrics().borrow().current_leader)
+                    .collect();
+                let first = leaders.first().copied().flatten()?;
+                (first != excluded && leaders.iter().all(|l| *l == Some(first))).then_some(first)
+            },
+        )
         .await
     }
 
@@ -334,45 +342,81 @@ pub fn local_value(reads: &ReadView, key: &str) -> Option<String> {
 }
 
 /// Write options at a level, with a fresh request id and an optional token.
-pub fn write_at(level: v1::WriteConsistency, session: Option<v1::SessionToken>) -> v1::WriteOptions {
-    v1::WriteOptions { consistency: level as i32, session, ..write_options("level") }
+pub fn write_at(
+    level: v1::WriteConsistency,
+    session: Option<v1::SessionToken>,
+) -> v1::WriteOptions {
+    v1::WriteOptions {
+        consistency: level as i32,
+        session,
+        ..write_options("level")
+    }
 }
 
 pub fn read_at(level: v1::ReadConsistency) -> v1::ReadOptions {
-    v1::ReadOptions { consistency: level as i32, ..Default::default() }
+    v1::ReadOptions {
+        consistency: level as i32,
+        ..Default::default()
+    }
 }
 
 impl TestCluster {
     /// A put sent to exactly node `id` (no redirects).
-    pub async fn put_on(&self, id: u64, key: &str, value: &str, options: v1::WriteOptions) -> Result<v1::PutResponse, Status> {
-        let request = v1::PutRequest { key: key.into(), value: value.into(), options: Some(options) };
+    pub async fn put_on(
+        &self,
+        id: u64,
+        key: &str,
+        value: &str,
+        options: v1::WriteOptions,
+    ) -> Result<v1::PutResponse, Status> {
+        let request = v1::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            options: Some(options),
+        };
         self.kv(id).await.put(request).await.map(|r| r.into_inner())
     }
 
     /// A get sent to exactly node `id` (no redirects).
-    pub async fn get_on(&self, id: u64, key: &str, options: v1::ReadOptions) -> Result<v1::GetResponse, Status> {
-        let request = v1::GetRequest { key: key.into(), options: Some(options) };
+    pub async fn get_on(
+        &self,
+        id: u64,
+        key: &str,
+        options: v1::ReadOptions,
+    ) -> Result<v1::GetResponse, Status> {
+        let request = v1::GetRequest {
+            key: key.into(),
+            options: Some(options),
+        };
         self.kv(id).await.get(request).await.map(|r| r.into_inner())
     }
 
     pub async fn status_of(&self, id: u64) -> v1::NodeStatus {
-        self.admin(id).await.status(v1::StatusRequest {}).await.expect("status").into_inner()
+        self.admin(id)
+            .await
+            .status(v1::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
     }
 
     /// Waits until no running node has pending provisional writes and all
     /// have applied the same index.
     pub async fn wait_converged(&self) {
-        eventually("every provisional write reconciled and applied everywhere", || async {
-            let mut applied = Vec::new();
-            for id in self.running() {
-                let status = self.status_of(id).await;
-                if status.pending_provisional > 0 {
-                    return None;
+        eventually(
+            "every provisional write reconciled and applied everywhere",
+            || async {
+                let mut applied = Vec::new();
+                for id in self.running() {
+                    let status = self.status_of(id).await;
+                    if status.pending_provisional > 0 {
+                        return None;
+                    }
+                    applied.push(status.applied_index);
                 }
-                applied.push(status.applied_index);
-            }
-            applied.windows(2).all(|w| w[0] == w[1]).then_some(())
-        })
+                applied.windows(2).all(|w| w[0] == w[1]).then_some(())
+            },
+        )
         .await
     }
 }
