@@ -66,29 +66,13 @@ pub fn spawn(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) -> JoinHand
                 origin: ctx.id,
                 writes: batch.clone(),
             };
-            let result = match ctx.propose(command).await {
-                Ok(committed) => {
-                    let applied = ctx
-                        .raft
-                        .wait(Some(Duration::from_millis(RECONCILE_APPLY_WAIT_MS)))
-                        .applied_index_at_least(
-                            Some(committed.log_index),
-                            "reconciled batch applied here",
-                        )
-                        .await;
-                    match applied {
-                        Ok(_) => ctx
-                            .provisional
-                            .remove(&batch)
-                            .map(|_| committed)
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(format!(
-                            "committed at {} but not applied here yet: {e}",
-                            committed.log_index
-                        )),
-                    }
-                }
-                Err(e) => Err(e.to_string()),
+            // Stopping must not wait for a proposal or an apply in flight:
+            // abandoning one is safe (the batch stays pending, and proposing
+            // it again after a restart is idempotent).
+            let attempt = reconcile_batch(&ctx, command, &batch);
+            let result = tokio::select! {
+                result = attempt => result,
+                _ = stop.changed() => return,
             };
             match result {
                 Ok(committed) => {
@@ -125,4 +109,26 @@ pub fn spawn(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) -> JoinHand
             }
         }
     })
+}
+
+/// Proposes one batch and, once it is applied here, removes it from the
+/// provisional store.
+async fn reconcile_batch(
+    ctx: &NodeContext,
+    command: Command,
+    batch: &[crate::types::ProvisionalWrite],
+) -> Result<crate::service::write::Committed, String> {
+    let committed = ctx.propose(command).await.map_err(|e| e.to_string())?;
+    ctx.raft
+        .wait(Some(Duration::from_millis(RECONCILE_APPLY_WAIT_MS)))
+        .applied_index_at_least(Some(committed.log_index), "reconciled batch applied here")
+        .await
+        .map_err(|e| {
+            format!(
+                "committed at {} but not applied here yet: {e}",
+                committed.log_index
+            )
+        })?;
+    ctx.provisional.remove(batch).map_err(|e| e.to_string())?;
+    Ok(committed)
 }
