@@ -12,9 +12,6 @@ use std::sync::Mutex;
 
 use openraft::ErrorSubject;
 use openraft::ErrorVerb;
-use sled::transaction::ConflictableTransactionError;
-use sled::transaction::TransactionError;
-use sled::Transactional;
 
 use super::io_err;
 use super::keys;
@@ -91,7 +88,7 @@ fn item_versions(op: &WriteOp, version: Version) -> Vec<Version> {
 impl ProvisionalStore {
     pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
         let open = |name| db.open_tree(name).map_err(read_err);
-        Ok(Self {
+        let store = Self {
             db: db.clone(),
             log: open(keys::PROV_LOG_TREE)?,
             meta: open(keys::PROV_META_TREE)?,
@@ -99,7 +96,9 @@ impl ProvisionalStore {
             readings: open(keys::PROV_READINGS_TREE)?,
             requests: open(keys::PROV_REQUESTS_TREE)?,
             accepting: Arc::new(Mutex::new(())),
-        })
+        };
+        store.rebuild_indexes()?;
+        Ok(store)
     }
 
     /// The seq the next accepted write gets. Every seq below it was accepted.
@@ -126,105 +125,131 @@ impl ProvisionalStore {
         if self.log.len() >= MAX_PENDING_PROVISIONAL_WRITES {
             return Err(AcceptError::Full);
         }
-        let accepting = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
-        let version = make_version();
-        let result = (
-            &self.log,
-            &self.meta,
-            &self.kv,
-            &self.readings,
-            &self.requests,
-        )
-            .transaction(|(log, meta, kv, readings, requests)| {
-                if !request_id.is_empty() {
-                    if let Some(seq) = requests.get(&request_id)? {
-                        let seq = keys::decode_u64(&seq).unwrap_or(0);
-                        if let Some(bytes) = log.get(keys::log_index_key(seq))? {
-                            let pending: PendingWrite = keys::decode(&bytes)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            let versions = item_versions(&pending.write.op, pending.write.version);
-                            return Ok(Accepted {
-                                seq,
-                                versions,
-                                deduplicated: true,
-                            });
-                        }
+        if let WriteOp::CompareAndSet { .. } = op {
+            // The API refuses LOCAL compare-and-set before it gets here.
+            return Err(write_err(std::io::Error::other(
+                "compare-and-set cannot be provisional",
+            ))
+            .into());
+        }
+        let accepted = {
+            let _accepting = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
+            match self.pending_retry(&request_id)? {
+                Some(accepted) => accepted,
+                None => {
+                    let version = make_version();
+                    let seq = self.next_seq();
+                    let write = ProvisionalWrite {
+                        seq,
+                        request_id: request_id.clone(),
+                        version,
+                        op,
+                    };
+                    // The log entry is the truth; the indexes are derived from it
+                    // (and rebuilt from it at startup), so a crash between these
+                    // writes leaves nothing inconsistent behind.
+                    self.meta
+                        .insert(keys::NEXT_SEQ_KEY, &keys::log_index_key(seq + 1))
+                        .map_err(write_err)?;
+                    let pending = PendingWrite {
+                        write,
+                        accepted_at_ms,
+                    };
+                    self.log
+                        .insert(keys::log_index_key(seq), keys::encode(&pending))
+                        .map_err(write_err)?;
+                    self.index(&pending.write)?;
+                    Accepted {
+                        seq,
+                        versions: item_versions(&pending.write.op, version),
+                        deduplicated: false,
                     }
                 }
-                let seq = match meta.get(keys::NEXT_SEQ_KEY)? {
-                    Some(bytes) => keys::decode_u64(&bytes).unwrap_or(1),
-                    None => 1,
-                };
-                let write = ProvisionalWrite {
-                    seq,
-                    request_id: request_id.clone(),
-                    version,
-                    op: op.clone(),
-                };
-                match &write.op {
-                    WriteOp::PutReadings(batch) => {
-                        for r in batch {
-                            let value = StoredReading {
-                                value: r.value,
-                                tags: r.tags.clone(),
-                                version,
-                            };
-                            readings.insert(
-                                keys::reading_key(&r.sensor_id, r.timestamp_ms),
-                                keys::encode(&Indexed { seq, value }),
-                            )?;
-                        }
-                    }
-                    WriteOp::Put { key, value } => {
-                        let value = StoredValue {
-                            value: Some(value.clone()),
-                            version,
-                        };
-                        kv.insert(key.as_slice(), keys::encode(&Indexed { seq, value }))?;
-                    }
-                    WriteOp::Delete { key } => {
-                        kv.insert(
-                            key.as_slice(),
-                            keys::encode(&Indexed {
-                                seq,
-                                value: StoredValue {
-                                    value: None,
-                                    version,
-                                },
-                            }),
-                        )?;
-                    }
-                    WriteOp::CompareAndSet { .. } => {
-                        // The API refuses LOCAL compare-and-set before it gets here.
-                        return Err(ConflictableTransactionError::Abort(Box::new(
-                            bincode::ErrorKind::Custom(
-                                "compare-and-set cannot be provisional".into(),
-                            ),
-                        )));
-                    }
-                }
-                if !request_id.is_empty() {
-                    requests.insert(request_id.as_slice(), &keys::log_index_key(seq))?;
-                }
-                let pending = PendingWrite {
-                    write,
-                    accepted_at_ms,
-                };
-                log.insert(&keys::log_index_key(seq), keys::encode(&pending))?;
-                meta.insert(keys::NEXT_SEQ_KEY, &keys::log_index_key(seq + 1))?;
-                Ok(Accepted {
-                    seq,
-                    versions: item_versions(&op, version),
-                    deduplicated: false,
-                })
-            });
-        drop(accepting);
-        let accepted = result.map_err(|e| match e {
-            TransactionError::Abort(e) => write_err(e),
-            TransactionError::Storage(e) => write_err(e),
-        })?;
+            }
+        };
         self.db.flush_async().await.map_err(write_err)?;
         Ok(accepted)
+    }
+
+    /// The earlier acceptance of a retried write still pending here.
+    fn pending_retry(&self, request_id: &[u8]) -> Result<Option<Accepted>, StorageError> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        let Some(seq) = self.requests.get(request_id).map_err(read_err)? else {
+            return Ok(None);
+        };
+        let seq = keys::decode_u64(&seq).unwrap_or(0);
+        let Some(bytes) = self.log.get(keys::log_index_key(seq)).map_err(read_err)? else {
+            return Ok(None);
+        };
+        let pending: PendingWrite = keys::decode(&bytes).map_err(read_err)?;
+        let versions = item_versions(&pending.write.op, pending.write.version);
+        Ok(Some(Accepted {
+            seq,
+            versions,
+            deduplicated: true,
+        }))
+    }
+
+    /// Points the indexes (key, reading, request id) at `write`.
+    fn index(&self, write: &ProvisionalWrite) -> Result<(), StorageError> {
+        let (seq, version) = (write.seq, write.version);
+        match &write.op {
+            WriteOp::PutReadings(batch) => {
+                for r in batch {
+                    let value = StoredReading {
+                        value: r.value,
+                        tags: r.tags.clone(),
+                        version,
+                    };
+                    self.readings
+                        .insert(
+                            keys::reading_key(&r.sensor_id, r.timestamp_ms),
+                            keys::encode(&Indexed { seq, value }),
+                        )
+                        .map_err(write_err)?;
+                }
+            }
+            WriteOp::Put { key, value } => {
+                let value = StoredValue {
+                    value: Some(value.clone()),
+                    version,
+                };
+                self.kv
+                    .insert(key.as_slice(), keys::encode(&Indexed { seq, value }))
+                    .map_err(write_err)?;
+            }
+            WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
+                let value = StoredValue {
+                    value: None,
+                    version,
+                };
+                self.kv
+                    .insert(key.as_slice(), keys::encode(&Indexed { seq, value }))
+                    .map_err(write_err)?;
+            }
+        }
+        if !write.request_id.is_empty() {
+            self.requests
+                .insert(write.request_id.as_slice(), &keys::log_index_key(seq))
+                .map_err(write_err)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the indexes from the pending writes (at startup: the log is
+    /// the truth, the indexes may be behind it after a crash).
+    fn rebuild_indexes(&self) -> Result<(), StorageError> {
+        for tree in [&self.kv, &self.readings, &self.requests] {
+            tree.clear().map_err(write_err)?;
+        }
+        for row in self.log.iter() {
+            let (_, value) = row.map_err(read_err)?;
+            let pending: PendingWrite = keys::decode(&value).map_err(read_err)?;
+            self.index(&pending.write)?;
+        }
+        Ok(())
     }
 
     /// The oldest pending writes in seq order: at most `max_writes`, and at
@@ -251,51 +276,49 @@ impl ProvisionalStore {
     /// Removes writes that are committed and applied on this node. An index
     /// entry is removed only by the write that put it there.
     pub fn remove(&self, writes: &[ProvisionalWrite]) -> Result<(), StorageError> {
-        let result = (&self.log, &self.kv, &self.readings, &self.requests).transaction(
-            |(log, kv, readings, requests)| {
-                for write in writes {
-                    let seq_key = keys::log_index_key(write.seq);
-                    log.remove(&seq_key)?;
-                    let owned_by_this = |entry: Option<sled::IVec>| -> bool {
-                        entry.is_some_and(|bytes| {
-                            // `seq` is the first field of `Indexed`: decode just it.
-                            keys::decode::<u64>(&bytes)
-                                .map(|seq| seq == write.seq)
-                                .unwrap_or(false)
-                        })
-                    };
-                    match &write.op {
-                        WriteOp::PutReadings(batch) => {
-                            for r in batch {
-                                let key = keys::reading_key(&r.sensor_id, r.timestamp_ms);
-                                if owned_by_this(readings.get(&key)?) {
-                                    readings.remove(key)?;
-                                }
-                            }
+        let _accepting = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
+        // `seq` is the first field of `Indexed`: decoding just it says which
+        // write an index entry belongs to.
+        let owned_by = |entry: Option<sled::IVec>, seq: u64| {
+            entry.is_some_and(|bytes| {
+                keys::decode::<u64>(&bytes)
+                    .map(|s| s == seq)
+                    .unwrap_or(false)
+            })
+        };
+        for write in writes {
+            match &write.op {
+                WriteOp::PutReadings(batch) => {
+                    for r in batch {
+                        let key = keys::reading_key(&r.sensor_id, r.timestamp_ms);
+                        if owned_by(self.readings.get(&key).map_err(read_err)?, write.seq) {
+                            self.readings.remove(key).map_err(write_err)?;
                         }
-                        WriteOp::Put { key, .. }
-                        | WriteOp::Delete { key }
-                        | WriteOp::CompareAndSet { key, .. } => {
-                            if owned_by_this(kv.get(key)?) {
-                                kv.remove(key.as_slice())?;
-                            }
-                        }
-                    }
-                    if !write.request_id.is_empty()
-                        && requests
-                            .get(&write.request_id)?
-                            .is_some_and(|s| *s == seq_key)
-                    {
-                        requests.remove(write.request_id.as_slice())?;
                     }
                 }
-                Ok::<_, ConflictableTransactionError<()>>(())
-            },
-        );
-        result.map_err(|e| match e {
-            TransactionError::Abort(()) => write_err(std::io::Error::other("aborted")),
-            TransactionError::Storage(e) => write_err(e),
-        })
+                WriteOp::Put { key, .. }
+                | WriteOp::Delete { key }
+                | WriteOp::CompareAndSet { key, .. } => {
+                    if owned_by(self.kv.get(key).map_err(read_err)?, write.seq) {
+                        self.kv.remove(key.as_slice()).map_err(write_err)?;
+                    }
+                }
+            }
+            let seq_key = keys::log_index_key(write.seq);
+            if !write.request_id.is_empty()
+                && self
+                    .requests
+                    .get(&write.request_id)
+                    .map_err(read_err)?
+                    .is_some_and(|s| *s == seq_key)
+            {
+                self.requests
+                    .remove(write.request_id.as_slice())
+                    .map_err(write_err)?;
+            }
+            self.log.remove(seq_key).map_err(write_err)?;
+        }
+        Ok(())
     }
 
     pub fn pending_count(&self) -> usize {
