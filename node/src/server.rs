@@ -57,6 +57,7 @@ pub struct RunningNode {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     stop_reconciler: watch::Sender<bool>,
     reconciler: JoinHandle<()>,
+    flush_thread_exit: Option<store::FlushThreadExit>,
 }
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
@@ -194,6 +195,7 @@ pub async fn start_with_links(
         server,
         stop_reconciler,
         reconciler,
+        flush_thread_exit: Some(stores.flush_thread_exit),
     })
 }
 
@@ -224,7 +226,22 @@ impl RunningNode {
         }
         self.raft.shutdown().await.context("stopping raft")?;
         self.log.flush().await.context("flushing storage")?;
-        tracing::info!(id = self.id, "node stopped");
+        let id = self.id;
+        let flush_thread_exit = self.flush_thread_exit.take();
+        // The last database handles go with `self`; then the flush thread
+        // ends and releases sled's file lock (a restart in this process needs it).
+        drop(self);
+        if let Some(exit) = flush_thread_exit {
+            if tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), exit.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "the flush thread is still running: a handle to the database is still held"
+                );
+            }
+        }
+        tracing::info!(id, "node stopped");
         Ok(())
     }
 }

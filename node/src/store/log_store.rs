@@ -18,6 +18,7 @@ use openraft::Vote;
 
 use super::io_err;
 use super::keys;
+use super::Flusher;
 use crate::types::Entry;
 use crate::types::LogId;
 use crate::types::NodeId;
@@ -27,19 +28,19 @@ use crate::types::TypeConfig;
 /// Cheap to clone: sled trees are reference-counted handles.
 #[derive(Clone, Debug)]
 pub struct LogStore {
-    db: sled::Db,
+    flusher: Flusher,
     log: sled::Tree,
     state: sled::Tree,
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+    pub fn open(db: &sled::Db, flusher: Flusher) -> Result<Self, StorageError> {
         let open = |name| {
             db.open_tree(name)
                 .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
         };
         Ok(Self {
-            db: db.clone(),
+            flusher,
             log: open(keys::RAFT_LOG_TREE)?,
             state: open(keys::RAFT_STATE_TREE)?,
         })
@@ -52,10 +53,9 @@ impl LogStore {
     }
 
     async fn flush_for(&self, subject: ErrorSubject<NodeId>) -> Result<(), StorageError> {
-        self.db
-            .flush_async()
+        self.flusher
+            .flush()
             .await
-            .map(|_| ())
             .map_err(|e| io_err(subject, ErrorVerb::Write, e))
     }
 
@@ -185,13 +185,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log
             .apply_batch(batch)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
-        let flushed = self
-            .db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(std::io::Error::other);
-        callback.log_io_completed(flushed);
+        // Group commit: openraft goes on (and may append more) while the
+        // flush thread makes this batch durable with whatever else is queued;
+        // the entries count as written only when the callback fires.
+        self.flusher
+            .then(move |flushed| callback.log_io_completed(flushed))
+            .await;
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 // return the same type rather than boxing and unboxing at every trait method.
 #![allow(clippy::result_large_err)]
 
+pub mod flusher;
 pub mod keys;
 pub mod log_store;
 pub mod provisional;
@@ -16,6 +17,8 @@ pub mod state_machine;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use flusher::FlushThreadExit;
+pub use flusher::Flusher;
 pub use log_store::LogStore;
 pub use provisional::ProvisionalStore;
 pub use state_machine::ReadView;
@@ -33,6 +36,8 @@ pub struct Stores {
     pub log: LogStore,
     pub state_machine: StateMachineStore,
     pub provisional: ProvisionalStore,
+    /// The group-commit thread's end (see [`flusher`]).
+    pub flush_thread_exit: flusher::FlushThreadExit,
 }
 
 /// Opens (or creates) the node's sled database and snapshot directory under
@@ -46,10 +51,18 @@ pub fn open(data_dir: &Path, clock: Arc<HybridClock>) -> Result<Stores, StorageE
         .flush_every_ms(None)
         .open()
         .map_err(|e| openraft::StorageIOError::write(&e))?;
+    let (flusher, flush_thread_exit) =
+        Flusher::start(db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
     Ok(Stores {
-        log: LogStore::open(&db)?,
-        state_machine: StateMachineStore::open(&db, &data_dir.join("snapshots"), clock)?,
-        provisional: ProvisionalStore::open(&db)?,
+        log: LogStore::open(&db, flusher.clone())?,
+        state_machine: StateMachineStore::open(
+            &db,
+            flusher.clone(),
+            &data_dir.join("snapshots"),
+            clock,
+        )?,
+        provisional: ProvisionalStore::open(&db, flusher)?,
+        flush_thread_exit,
     })
 }
 

@@ -22,6 +22,7 @@ use super::keys::StoredValue;
 use super::state_machine::latest_row;
 use super::state_machine::range_rows;
 use super::state_machine::ReadingRow;
+use super::Flusher;
 use crate::types::ProvisionalWrite;
 use crate::types::RequestId;
 use crate::types::StorageError;
@@ -35,7 +36,7 @@ pub const MAX_PENDING_PROVISIONAL_WRITES: usize = 1_000_000;
 
 #[derive(Clone, Debug)]
 pub struct ProvisionalStore {
-    db: sled::Db,
+    flusher: Flusher,
     log: sled::Tree,
     meta: sled::Tree,
     kv: sled::Tree,
@@ -86,10 +87,10 @@ fn item_versions(op: &WriteOp, version: Version) -> Vec<Version> {
 }
 
 impl ProvisionalStore {
-    pub fn open(db: &sled::Db) -> Result<Self, StorageError> {
+    pub fn open(db: &sled::Db, flusher: Flusher) -> Result<Self, StorageError> {
         let open = |name| db.open_tree(name).map_err(read_err);
         let store = Self {
-            db: db.clone(),
+            flusher,
             log: open(keys::PROV_LOG_TREE)?,
             meta: open(keys::PROV_META_TREE)?,
             kv: open(keys::PROV_KV_TREE)?,
@@ -167,7 +168,7 @@ impl ProvisionalStore {
                 }
             }
         };
-        self.db.flush_async().await.map_err(write_err)?;
+        self.flusher.flush().await.map_err(write_err)?;
         Ok(accepted)
     }
 

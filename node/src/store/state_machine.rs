@@ -36,6 +36,7 @@ use super::keys::ConflictTarget;
 use super::keys::RememberedRequest;
 use super::keys::StoredReading;
 use super::keys::StoredValue;
+use super::Flusher;
 use crate::hlc::HybridClock;
 use crate::types::Command;
 use crate::types::CommandResult;
@@ -133,6 +134,7 @@ struct SnapshotPayload {
 
 pub struct StateMachineStore {
     db: sled::Db,
+    flusher: Flusher,
     trees: StateTrees,
     snapshot_dir: PathBuf,
     clock: Arc<HybridClock>,
@@ -203,6 +205,7 @@ pub fn merge_decision(rule: Merge, incoming: Version, current: Option<Version>) 
 impl StateMachineStore {
     pub fn open(
         db: &sled::Db,
+        flusher: Flusher,
         snapshot_dir: &Path,
         clock: Arc<HybridClock>,
     ) -> Result<Self, StorageError> {
@@ -211,6 +214,7 @@ impl StateMachineStore {
         let read = |key: &[u8]| trees.meta.get(key).map_err(sm_read_err);
         let mut store = Self {
             db: db.clone(),
+            flusher,
             snapshot_dir: snapshot_dir.to_path_buf(),
             clock,
             last_applied: match read(keys::LAST_APPLIED_KEY)? {
@@ -662,7 +666,7 @@ impl Applier<'_> {
 /// Builds snapshots from a copy taken on the state machine task (so it is
 /// consistent with one applied log id) and persists them as a file.
 pub struct SnapshotBuilder {
-    db: sled::Db,
+    flusher: Flusher,
     store_dir: PathBuf,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
@@ -695,7 +699,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         // The state the snapshot covers must be on disk before openraft purges
         // the log entries it replaces.
-        self.db.flush_async().await.map_err(sm_write_err)?;
+        self.flusher.flush().await.map_err(sm_write_err)?;
         let writer = SnapshotFileWriter {
             dir: self.store_dir.clone(),
         };
@@ -752,7 +756,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
+            flusher: self.flusher.clone(),
             store_dir: self.snapshot_dir.clone(),
             last_applied: self.last_applied,
             last_membership: self.last_membership.clone(),
