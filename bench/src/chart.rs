@@ -135,6 +135,9 @@ macro_rules! panel {
             chart
                 .configure_mesh()
                 .x_desc("clients")
+                .axis_desc_style((FONT_FAMILY, 16))
+                // No minor grid: easier to read, and a much smaller PNG.
+                .light_line_style(WHITE)
                 .x_labels(clients.len() * 2 + 1)
                 .disable_x_mesh()
                 .x_label_formatter(&|x| client_label(clients, *x))
@@ -171,7 +174,21 @@ pub fn draw_chart(
     let data = series(aggs);
     anyhow::ensure!(!data.is_empty(), "no successful runs to chart");
     let height = ROW_HEIGHT * data.len() as u32;
-    let root = BitMapBackend::new(path, (WIDTH, height)).into_drawing_area();
+    let mut pixels = vec![0u8; WIDTH as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH, height)).into_drawing_area();
+        draw_rows(&root, &data, with_text)?;
+        root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    write_png(path, &pixels, WIDTH, height).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The rows of panels (and legends) on `root`.
+fn draw_rows<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    data: &BTreeMap<Workload, Lines>,
+    with_text: bool,
+) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let (plots, legend_column) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
     let areas = plots.split_evenly((data.len(), 2));
@@ -210,9 +227,58 @@ pub fn draw_chart(
             draw_legend(&legends[row], *workload, lines, &batches)?;
         }
     }
-    root.present()
-        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Writes an RGB image as a small PNG: indexed, best compression, adaptive
+/// filters. A chart is mostly a few inks blended with white, so its 256 most
+/// frequent colors make the palette and every other (anti-aliasing) color
+/// takes the nearest of them.
+pub fn write_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> anyhow::Result<()> {
+    let (palette, indexed) = quantize(rgb);
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut encoder = png::Encoder::new(file, width, height);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Best);
+    encoder.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
+    encoder.set_color(png::ColorType::Indexed);
+    encoder.set_palette(palette.concat());
+    encoder.write_header()?.write_image_data(&indexed)?;
+    Ok(())
+}
+
+/// At most 256 palette colors and one palette index per pixel (see
+/// [`write_png`]).
+pub fn quantize(rgb: &[u8]) -> (Vec<[u8; 3]>, Vec<u8>) {
+    use std::collections::HashMap;
+    let mut counts: HashMap<[u8; 3], u64> = HashMap::new();
+    for pixel in rgb.chunks_exact(3) {
+        *counts.entry([pixel[0], pixel[1], pixel[2]]).or_default() += 1;
+    }
+    let mut by_count: Vec<([u8; 3], u64)> = counts.into_iter().collect();
+    // Most frequent first; ties by color, so the output is deterministic.
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let palette: Vec<[u8; 3]> = by_count.iter().take(256).map(|(c, _)| *c).collect();
+    let distance = |a: &[u8; 3], b: &[u8; 3]| -> u32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (i32::from(*x) - i32::from(*y)).unsigned_abs().pow(2))
+            .sum()
+    };
+    let slots: HashMap<[u8; 3], u8> = by_count
+        .iter()
+        .map(|(color, _)| {
+            let nearest = (0..palette.len())
+                .min_by_key(|&i| distance(color, &palette[i]))
+                .unwrap_or(0);
+            (*color, nearest as u8)
+        })
+        .collect();
+    let indexed = rgb
+        .chunks_exact(3)
+        .map(|p| slots[&[p[0], p[1], p[2]]])
+        .collect();
+    (palette, indexed)
 }
 
 /// The label at x position `x`: the client count when `x` is (close to) the
@@ -394,6 +460,43 @@ mod tests {
         let path = dir.path().join("chart.png");
         draw_chart(&aggregate(&runs), &path, true).expect("draws");
         assert!(std::fs::metadata(&path).expect("written").len() > 1_000);
+    }
+
+    #[test]
+    fn quantizing_keeps_frequent_colors_exactly() {
+        // 300 colors: white (most frequent), red, and 298 rare greys.
+        let mut rgb = Vec::new();
+        for _ in 0..1_000 {
+            rgb.extend_from_slice(&[255, 255, 255]);
+        }
+        for _ in 0..500 {
+            rgb.extend_from_slice(&[214, 39, 40]);
+        }
+        for g in 0..298u32 {
+            let v = (g % 250) as u8;
+            rgb.extend_from_slice(&[v, v, v.saturating_add((g / 250) as u8)]);
+        }
+        let (palette, indexed) = quantize(&rgb);
+        assert_eq!(palette.len(), 256);
+        assert_eq!(palette[0], [255, 255, 255]);
+        assert_eq!(palette[1], [214, 39, 40]);
+        assert_eq!(indexed.len(), rgb.len() / 3);
+        assert_eq!(indexed[0], 0);
+        assert_eq!(indexed[1_000], 1);
+        // A color left out of the palette maps to the nearest palette color.
+        let distance = |a: [u8; 3], b: &[u8]| -> i32 {
+            (0..3)
+                .map(|i| (i32::from(a[i]) - i32::from(b[i])).pow(2))
+                .sum()
+        };
+        for (pixel, &slot) in rgb.chunks_exact(3).zip(&indexed) {
+            let best = palette
+                .iter()
+                .map(|&c| distance(c, pixel))
+                .min()
+                .expect("palette");
+            assert_eq!(distance(palette[slot as usize], pixel), best, "{pixel:?}");
+        }
     }
 
     #[test]
