@@ -57,7 +57,7 @@ pub struct RunningNode {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     stop_reconciler: watch::Sender<bool>,
     reconciler: JoinHandle<()>,
-    flush_thread_exit: Option<store::FlushThreadExit>,
+    flush_threads: Vec<store::FlushThreadExit>,
 }
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
@@ -195,7 +195,7 @@ pub async fn start_with_links(
         server,
         stop_reconciler,
         reconciler,
-        flush_thread_exit: Some(stores.flush_thread_exit),
+        flush_threads: stores.flush_threads,
     })
 }
 
@@ -227,11 +227,11 @@ impl RunningNode {
         self.raft.shutdown().await.context("stopping raft")?;
         self.log.flush().await.context("flushing storage")?;
         let id = self.id;
-        let flush_thread_exit = self.flush_thread_exit.take();
+        let flush_threads = std::mem::take(&mut self.flush_threads);
         // The last database handles go with `self`; then the flush thread
         // ends and releases sled's file lock (a restart in this process needs it).
         drop(self);
-        if let Some(exit) = flush_thread_exit {
+        for exit in flush_threads {
             if tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), exit.wait())
                 .await
                 .is_err()

@@ -1,13 +1,14 @@
-//! Group commit: one thread of ours makes sled durable for every writer
+//! Group commit: one thread of ours makes a store durable for every writer
 //! waiting at that moment.
 //!
-//! Every durable write of a node (Raft log appends, the vote, LOCAL writes,
-//! snapshot installs) goes through [`Flusher`], never through sled's
+//! Every durable write of a node goes through a [`Flusher`]: Raft log appends
+//! through the write-ahead log's (`fdatasync`), the vote, LOCAL writes and
+//! snapshot builds through sled's (`Db::flush`), never through sled's
 //! `flush_async`. Two reasons:
-//! - **Group commit.** A writer inserts into sled, then registers here; the
-//!   flush thread takes every registration queued so far, calls
-//!   `Db::flush` once, and answers them all. Sixty-four concurrent writes
-//!   cost one fsync, not sixty-four.
+//! - **Group commit.** A writer writes, then registers here; the flush
+//!   thread takes every registration queued so far, makes the store durable
+//!   once, and answers them all. Sixty-four concurrent writes cost one sync,
+//!   not sixty-four.
 //! - **No deadlock.** sled 0.34's `flush_async` runs the blocking flush on
 //!   sled's own I/O thread pool, and a flush waits for an I/O buffer write
 //!   that sled queues on that same pool. When every pool thread is a waiting
@@ -76,16 +77,30 @@ impl FlushThreadExit {
 }
 
 impl Flusher {
-    /// Starts the flush thread of `db`.
-    pub fn start(db: sled::Db) -> std::io::Result<(Self, FlushThreadExit)> {
+    /// Starts the flush thread of a sled database.
+    pub fn for_sled(db: sled::Db) -> std::io::Result<(Self, FlushThreadExit)> {
+        Self::start("capkv-flush", move || {
+            db.flush().map(|_| ()).map_err(std::io::Error::other)
+        })
+    }
+
+    /// Starts a flush thread named `name` that makes its store durable by
+    /// calling `sync` (which owns whatever handles the store needs; they are
+    /// dropped when the thread ends).
+    pub fn start(
+        name: &str,
+        mut sync: impl FnMut() -> FlushResult + Send + 'static,
+    ) -> std::io::Result<(Self, FlushThreadExit)> {
         let (queue, receiver) = mpsc::channel(FLUSH_QUEUE_MAX_WAITERS);
         let (exited, exit) = oneshot::channel();
         let stats = Arc::new(FlushStats::default());
         let thread_stats = stats.clone();
+        let thread_name = name.to_string();
         std::thread::Builder::new()
-            .name("capkv-flush".into())
+            .name(name.into())
             .spawn(move || {
-                run(db, receiver, &thread_stats);
+                run(&thread_name, &mut sync, receiver, &thread_stats);
+                drop(sync);
                 let _ = exited.send(());
             })?;
         Ok((Self { queue, stats }, FlushThreadExit(exit)))
@@ -117,7 +132,12 @@ impl Flusher {
     }
 }
 
-fn run(db: sled::Db, mut receiver: mpsc::Receiver<Waiter>, stats: &FlushStats) {
+fn run(
+    name: &str,
+    sync: &mut dyn FnMut() -> FlushResult,
+    mut receiver: mpsc::Receiver<Waiter>,
+    stats: &FlushStats,
+) {
     let mut batch = Vec::new();
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
@@ -128,10 +148,11 @@ fn run(db: sled::Db, mut receiver: mpsc::Receiver<Waiter>, stats: &FlushStats) {
             }
         }
         let started = std::time::Instant::now();
-        let result = db.flush().map(|_| ());
+        let result = sync();
         let took = started.elapsed();
         if took.as_millis() >= u128::from(SLOW_FLUSH_WARN_MS) {
             tracing::warn!(
+                thread = name,
                 ms = took.as_millis() as u64,
                 waiters = batch.len(),
                 "slow flush"
@@ -144,7 +165,7 @@ fn run(db: sled::Db, mut receiver: mpsc::Receiver<Waiter>, stats: &FlushStats) {
         for waiter in batch.drain(..) {
             waiter(match &result {
                 Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(format!("flushing sled: {e}"))),
+                Err(e) => Err(std::io::Error::new(e.kind(), format!("{name}: {e}"))),
             });
         }
     }
@@ -165,7 +186,7 @@ mod tests {
                 .flush_every_ms(None)
                 .open()
                 .expect("open");
-            let (flusher, _exit) = Flusher::start(db.clone()).expect("start");
+            let (flusher, _exit) = Flusher::for_sled(db.clone()).expect("start");
             let mut tasks = Vec::new();
             for i in 0..writers {
                 let db = db.clone();
@@ -208,7 +229,7 @@ mod tests {
             .flush_every_ms(None)
             .open()
             .expect("open");
-        let (flusher, _exit) = Flusher::start(db.clone()).expect("start");
+        let (flusher, _exit) = Flusher::for_sled(db.clone()).expect("start");
         let mut tasks = Vec::new();
         for t in 0..64 {
             let db = db.clone();

@@ -2,7 +2,7 @@
 //!
 //! | tree            | key                                        | value                         |
 //! |-----------------|--------------------------------------------|-------------------------------|
-//! | `raft_log`      | log index, u64 big-endian                  | bincode `Entry`               |
+//! | `raft_log`      | log index, u64 big-endian (legacy: the log now lives in the WAL, `wal.rs`; moved out at open) | bincode `Entry` |
 //! | `raft_state`    | `vote`, `committed`, `last_purged`         | bincode of the openraft type  |
 //! | `sm_meta`       | `last_applied`, `last_membership`, `app`   | bincode (`AppMeta` for `app`) |
 //! | `kv`            | the user key bytes                         | bincode `StoredValue`         |

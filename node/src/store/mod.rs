@@ -1,5 +1,6 @@
-//! Storage on sled: one database per node holds the Raft log, the vote, the
-//! state machine and the request-id table; snapshots live in files beside it.
+//! Storage: the Raft log is a write-ahead log of plain files ([`wal`]); one
+//! sled database per node holds the vote, the state machine, the request-id
+//! table and the provisional store; snapshots live in files beside them.
 //!
 //! The sled key layout is documented in [`keys`], next to the code that
 //! encodes it.
@@ -13,6 +14,7 @@ pub mod keys;
 pub mod log_store;
 pub mod provisional;
 pub mod state_machine;
+pub mod wal;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,13 +33,16 @@ use crate::types::StorageError;
 /// fit next to each other; the working set of a sensor node is recent data.
 pub const SLED_CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 
+/// The Raft log's directory under the data directory.
+pub const WAL_DIR: &str = "raft-log";
+
 /// Everything a node keeps on disk.
 pub struct Stores {
     pub log: LogStore,
     pub state_machine: StateMachineStore,
     pub provisional: ProvisionalStore,
-    /// The group-commit thread's end (see [`flusher`]).
-    pub flush_thread_exit: flusher::FlushThreadExit,
+    /// The ends of the group-commit threads (see [`flusher`]).
+    pub flush_threads: Vec<FlushThreadExit>,
 }
 
 /// Opens (or creates) the node's sled database and snapshot directory under
@@ -51,10 +56,11 @@ pub fn open(data_dir: &Path, clock: Arc<HybridClock>) -> Result<Stores, StorageE
         .flush_every_ms(None)
         .open()
         .map_err(|e| openraft::StorageIOError::write(&e))?;
-    let (flusher, flush_thread_exit) =
-        Flusher::start(db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
+    let (flusher, sled_flush_exit) =
+        Flusher::for_sled(db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
+    let (log, wal_flush_exit) = LogStore::open(&db, &data_dir.join(WAL_DIR), flusher.clone())?;
     Ok(Stores {
-        log: LogStore::open(&db, flusher.clone())?,
+        log,
         state_machine: StateMachineStore::open(
             &db,
             flusher.clone(),
@@ -62,7 +68,7 @@ pub fn open(data_dir: &Path, clock: Arc<HybridClock>) -> Result<Stores, StorageE
             clock,
         )?,
         provisional: ProvisionalStore::open(&db, flusher)?,
-        flush_thread_exit,
+        flush_threads: vec![wal_flush_exit, sled_flush_exit],
     })
 }
 
