@@ -27,6 +27,7 @@ use crate::network::LinkFilter;
 use crate::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::reconcile;
 use crate::service::admin::AdminApi;
+use crate::service::batcher::WriteBatcher;
 use crate::service::kv::KvApi;
 use crate::service::sensor::SensorApi;
 use crate::service::NodeContext;
@@ -125,6 +126,7 @@ pub async fn start_with_links(
             election_timeout_max_ms: config.election_timeout_max_ms,
         },
         peers: config.peers.clone(),
+        batcher: WriteBatcher::start(config.id, raft.clone()),
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

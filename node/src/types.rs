@@ -79,6 +79,10 @@ pub type RequestId = Vec<u8>;
 pub enum Command {
     /// A client write acknowledged once committed (STRONG).
     Write(WriteCommand),
+    /// Several STRONG client writes that reached the leader together (its
+    /// proposal batcher, `service/batcher.rs`). Applied in order, exactly as
+    /// consecutive `Write` entries would be; one outcome each.
+    Writes(Vec<WriteCommand>),
     /// Provisional (LOCAL) writes accepted by `origin`, in increasing `seq`
     /// order, proposed by its reconciler. Applied last-writer-wins; a write
     /// whose `seq` is at or below the origin's reconciled high-water mark was
@@ -153,6 +157,8 @@ pub enum CommandResult {
     #[default]
     None,
     Write(WriteOutcome),
+    /// One outcome per write of a `Command::Writes`, in order.
+    Writes(Vec<WriteOutcome>),
     Reconciled(ReconcileOutcome),
 }
 

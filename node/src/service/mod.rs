@@ -5,6 +5,7 @@
 //! level ([`read`]), then answers with `ResponseMeta` saying what it got.
 
 pub mod admin;
+pub mod batcher;
 pub mod error;
 pub mod kv;
 pub mod read;
@@ -67,6 +68,8 @@ pub struct NodeContext {
     pub timing: Timing,
     /// The initial members given with `--peers`, used by Init without members.
     pub peers: BTreeMap<NodeId, String>,
+    /// Batches STRONG writes into shared log entries on the leader.
+    pub batcher: batcher::WriteBatcher,
 }
 
 pub fn to_proto_version(version: Version) -> v1::Version {

@@ -114,16 +114,35 @@ impl NodeContext {
     /// within about an election timeout instead of at the client's deadline.
     pub async fn propose_as_leader(&self, command: Command) -> Result<Committed, ApiError> {
         self.check_leader_quorum()?;
-        let write = self.raft.client_write(command);
+        let write = async {
+            match command {
+                // Client writes share entries with concurrent ones.
+                Command::Write(write) => {
+                    self.batcher
+                        .propose(self.id, write)
+                        .await
+                        .map(|(outcome, log_index)| Committed {
+                            result: CommandResult::Write(outcome),
+                            log_index,
+                        })
+                }
+                other => self
+                    .raft
+                    .client_write(other)
+                    .await
+                    .map(|response| Committed {
+                        result: response.data,
+                        log_index: response.log_id.index,
+                    })
+                    .map_err(|e| ApiError::from_write(self.id, e)),
+            }
+        };
         tokio::pin!(write);
         let mut watchdog =
             tokio::time::interval(Duration::from_millis(self.timing.heartbeat_interval_ms));
         loop {
             tokio::select! {
-                result = &mut write => {
-                    let response = result.map_err(|e| ApiError::from_write(self.id, e))?;
-                    return Ok(Committed { result: response.data, log_index: response.log_id.index });
-                }
+                result = &mut write => return result,
                 _ = watchdog.tick() => {
                     if let Err(ApiError::NoQuorum { node, detail }) = self.check_leader_quorum() {
                         return Err(ApiError::NoQuorum {

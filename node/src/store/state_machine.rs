@@ -369,6 +369,13 @@ impl StateMachineStore {
                             EntryPayload::Normal(Command::Write(write)) => {
                                 CommandResult::Write(applier.strong_write(write)?)
                             }
+                            EntryPayload::Normal(Command::Writes(writes)) => {
+                                let mut outcomes = Vec::with_capacity(writes.len());
+                                for write in writes {
+                                    outcomes.push(applier.strong_write(write)?);
+                                }
+                                CommandResult::Writes(outcomes)
+                            }
                             EntryPayload::Normal(Command::Reconcile { origin, writes }) => {
                                 CommandResult::Reconciled(applier.reconcile(*origin, writes)?)
                             }

@@ -399,3 +399,95 @@ async fn strong_writes_over_a_key_get_increasing_versions() {
         previous = Some(key);
     }
 }
+
+/// The leader's batcher puts concurrent STRONG writes into shared entries:
+/// every write is acknowledged with its own outcome, all are readable, a
+/// retried request id inside the same burst is applied once, and the log
+/// grows by fewer entries than there were writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_strong_writes_share_entries_and_each_gets_its_outcome() {
+    let cluster = &TestCluster::start(3, |_| {}).await;
+    let leader = cluster.leader().await;
+    cluster.must_put(leader, "warm-up", "x").await;
+    let before = cluster.applied_index(leader);
+    let writes = 300usize;
+    let put = |i: usize| {
+        let request = v1::PutRequest {
+            key: format!("burst-{i}").into_bytes(),
+            value: format!("value-{i}").into_bytes(),
+            options: Some(v1::WriteOptions {
+                // Writes 0 and 1 are one logical write sent twice.
+                request_id: format!("burst-req-{}", if i == 1 { 0 } else { i }).into_bytes(),
+                ..Default::default()
+            }),
+        };
+        async move {
+            let mut kv = cluster.kv(leader).await;
+            kv.put(request).await.map(|r| r.into_inner())
+        }
+    };
+    let responses = futures_join_all((0..writes).map(put)).await;
+    let responses: Vec<v1::PutResponse> = responses
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or_else(|e| panic!("write {i}: {e}")))
+        .collect();
+    // The duplicate got the first write's outcome (same version).
+    assert_eq!(responses[0].version, responses[1].version);
+    let distinct: std::collections::BTreeSet<_> = responses
+        .iter()
+        .map(|r| {
+            let v = r.version.expect("version");
+            (v.physical_ms, v.logical, v.origin_node)
+        })
+        .collect();
+    assert_eq!(distinct.len(), writes - 1, "one version per logical write");
+    let entries = cluster.applied_index(leader) - before;
+    assert!(
+        entries < writes as u64,
+        "{writes} concurrent writes took {entries} log entries: nothing was batched"
+    );
+    for i in [2usize, 150, writes - 1] {
+        let got = cluster.must_get(leader, &format!("burst-{i}")).await;
+        assert_eq!(got.value, format!("value-{i}").into_bytes());
+    }
+    // Writes 0 and 1 carry one request id: whichever was applied first
+    // stored its key, the other was answered from the request-id table.
+    let found = [
+        cluster.must_get(leader, "burst-0").await.found,
+        cluster.must_get(leader, "burst-1").await.found,
+    ];
+    assert_eq!(found.iter().filter(|f| **f).count(), 1, "{found:?}");
+}
+
+/// Runs futures concurrently (on this task) and returns their outputs in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *result = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    results
+        .into_iter()
+        .map(|r| r.expect("every future finished"))
+        .collect()
+}

@@ -1,0 +1,213 @@
+//! The leader's proposal batcher: concurrent STRONG writes share log entries.
+//!
+//! openraft 0.9 keeps one AppendEntries in flight per follower and does
+//! per-entry work in its core (append, replicate, apply). Under load a
+//! replication round carried ~16 entries and took ~6 ms, which set the STRONG
+//! ceiling (`docs/bench/profile-2026-11-21.md`). Here, writes that arrive
+//! while [`PROPOSALS_IN_FLIGHT_MAX`] entries are already in flight wait, and
+//! the next entry carries all of them (`Command::Writes`, at most
+//! [`PROPOSAL_BATCH_MAX_WRITES`] writes or [`PROPOSAL_BATCH_MAX_BYTES`]).
+//! Nobody waits for a batch to fill: a write that finds a free slot is
+//! proposed at once, so one client alone sees no added latency.
+//!
+//! The writes of one entry are applied in order, exactly as consecutive
+//! `Command::Write` entries would be, and each gets its own outcome. All of
+//! them share the entry's log index.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
+
+use super::error::ApiError;
+use crate::types::Command;
+use crate::types::CommandResult;
+use crate::types::NodeId;
+use crate::types::Raft;
+use crate::types::WriteCommand;
+use crate::types::WriteOp;
+use crate::types::WriteOutcome;
+
+/// Most writes in one log entry.
+pub const PROPOSAL_BATCH_MAX_WRITES: usize = 256;
+/// Most payload bytes (keys, values, readings; estimated) in one log entry.
+pub const PROPOSAL_BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Entries proposed by the batcher and not yet applied. Writes arriving
+/// meanwhile join the next entry.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
+/// Writes waiting for a place in an entry. Past it, writers wait for room.
+pub const PROPOSAL_QUEUE_MAX_WRITES: usize = 16_384;
+
+/// What a write in a batch got: its outcome and the entry's log index.
+pub type BatchedResult = Result<(WriteOutcome, u64), ApiError>;
+
+struct Pending {
+    write: WriteCommand,
+    reply: oneshot::Sender<BatchedResult>,
+}
+
+/// Handle to the batcher task of one node. The task ends when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub struct WriteBatcher {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl WriteBatcher {
+    pub fn start(node: NodeId, raft: Raft) -> Self {
+        let (queue, receiver) = mpsc::channel(PROPOSAL_QUEUE_MAX_WRITES);
+        tokio::spawn(run(node, raft, receiver));
+        Self { queue }
+    }
+
+    /// Proposes `write` (in an entry with whatever else is waiting) and
+    /// returns once that entry is applied.
+    pub async fn propose(&self, node: NodeId, write: WriteCommand) -> BatchedResult {
+        let (reply, answer) = oneshot::channel();
+        if self.queue.send(Pending { write, reply }).await.is_err() {
+            return Err(ApiError::Storage {
+                node,
+                detail: "the node is shutting down".into(),
+            });
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ApiError::Storage {
+                node,
+                detail: "the node is shutting down".into(),
+            })
+        })
+    }
+}
+
+/// A cheap upper-bound estimate of a write's encoded size.
+fn approx_bytes(write: &WriteCommand) -> usize {
+    let op = match &write.op {
+        WriteOp::PutReadings(readings) => readings
+            .iter()
+            .map(|r| {
+                32 + r.sensor_id.len()
+                    + r.tags
+                        .iter()
+                        .map(|(k, v)| 16 + k.len() + v.len())
+                        .sum::<usize>()
+            })
+            .sum(),
+        WriteOp::Put { key, value } | WriteOp::CompareAndSet { key, value, .. } => {
+            key.len() + value.len()
+        }
+        WriteOp::Delete { key } => key.len(),
+    };
+    64 + write.request_id.len() + op
+}
+
+async fn run(node: NodeId, raft: Raft, mut receiver: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
+    // A write that did not fit the last batch starts the next one.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match receiver.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut bytes = approx_bytes(&first.write);
+        let mut batch = vec![first];
+        while batch.len() < PROPOSAL_BATCH_MAX_WRITES {
+            match receiver.try_recv() {
+                Ok(next) => {
+                    let size = approx_bytes(&next.write);
+                    if bytes + size > PROPOSAL_BATCH_MAX_BYTES {
+                        carried = Some(next);
+                        break;
+                    }
+                    bytes += size;
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose_batch(node, &raft, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn propose_batch(node: NodeId, raft: &Raft, mut batch: Vec<Pending>) {
+    let command = if batch.len() == 1 {
+        Command::Write(batch[0].write.clone())
+    } else {
+        Command::Writes(batch.iter().map(|p| p.write.clone()).collect())
+    };
+    let result = raft.client_write(command).await;
+    let outcomes: Result<(Vec<WriteOutcome>, u64), ApiError> = match result {
+        Ok(response) => {
+            let index = response.log_id.index;
+            match response.data {
+                CommandResult::Write(outcome) if batch.len() == 1 => Ok((vec![outcome], index)),
+                CommandResult::Writes(outcomes) if outcomes.len() == batch.len() => {
+                    Ok((outcomes, index))
+                }
+                other => Err(ApiError::Storage {
+                    node,
+                    detail: format!("a batch of {} writes applied as {other:?}", batch.len()),
+                }),
+            }
+        }
+        Err(e) => Err(ApiError::from_write(node, e)),
+    };
+    match outcomes {
+        Ok((outcomes, index)) => {
+            for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                let _ = pending.reply.send(Ok((outcome, index)));
+            }
+        }
+        Err(error) => {
+            for pending in batch.drain(..) {
+                let _ = pending.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ReadingWrite;
+    use crate::types::Version;
+
+    #[test]
+    fn size_estimate_grows_with_the_payload() {
+        let write = |op| WriteCommand {
+            request_id: vec![1; 16],
+            version: Version::default(),
+            op,
+        };
+        let small = approx_bytes(&write(WriteOp::Put {
+            key: b"k".to_vec(),
+            value: vec![0; 10],
+        }));
+        let large = approx_bytes(&write(WriteOp::Put {
+            key: b"k".to_vec(),
+            value: vec![0; 10_000],
+        }));
+        assert!(large >= small + 9_990);
+        let readings = approx_bytes(&write(WriteOp::PutReadings(vec![
+            ReadingWrite {
+                sensor_id: "s".repeat(100),
+                timestamp_ms: 1,
+                value: 1.0,
+                tags: vec![("k".into(), "v".repeat(50))],
+            };
+            10
+        ])));
+        assert!(readings >= 10 * 150);
+    }
+}
