@@ -7,6 +7,8 @@
 //! and applied on this node; only then is it removed, so an EVENTUAL read on
 //! this node sees it without a gap.
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 
@@ -45,6 +47,9 @@ pub struct ProvisionalStore {
     /// Held while a write is stamped and stored, so seq order and version
     /// order agree (not during the flush, which concurrent writes share).
     accepting: Arc<Mutex<()>>,
+    /// Writes in `log`, kept here because sled's `len` walks the whole tree
+    /// (with 35k pending it was 16% of a node's CPU under LOCAL load).
+    pending: Arc<AtomicUsize>,
 }
 
 /// A LOCAL write as accepted: its seq and the version of each item.
@@ -97,6 +102,7 @@ impl ProvisionalStore {
             readings: open(keys::PROV_READINGS_TREE)?,
             requests: open(keys::PROV_REQUESTS_TREE)?,
             accepting: Arc::new(Mutex::new(())),
+            pending: Arc::new(AtomicUsize::new(0)),
         };
         store.rebuild_indexes()?;
         Ok(store)
@@ -123,7 +129,7 @@ impl ProvisionalStore {
         make_version: impl Fn() -> Version,
         accepted_at_ms: u64,
     ) -> Result<Accepted, AcceptError> {
-        if self.log.len() >= MAX_PENDING_PROVISIONAL_WRITES {
+        if self.pending_count() >= MAX_PENDING_PROVISIONAL_WRITES {
             return Err(AcceptError::Full);
         }
         if let WriteOp::CompareAndSet { .. } = op {
@@ -160,6 +166,7 @@ impl ProvisionalStore {
                         .insert(keys::log_index_key(seq), keys::encode(&pending))
                         .map_err(write_err)?;
                     self.index(&pending.write)?;
+                    self.pending.fetch_add(1, Ordering::Relaxed);
                     Accepted {
                         seq,
                         versions: item_versions(&pending.write.op, version),
@@ -245,11 +252,14 @@ impl ProvisionalStore {
         for tree in [&self.kv, &self.readings, &self.requests] {
             tree.clear().map_err(write_err)?;
         }
+        let mut count = 0;
         for row in self.log.iter() {
             let (_, value) = row.map_err(read_err)?;
             let pending: PendingWrite = keys::decode(&value).map_err(read_err)?;
             self.index(&pending.write)?;
+            count += 1;
         }
+        self.pending.store(count, Ordering::Relaxed);
         Ok(())
     }
 
@@ -317,13 +327,15 @@ impl ProvisionalStore {
                     .remove(write.request_id.as_slice())
                     .map_err(write_err)?;
             }
-            self.log.remove(seq_key).map_err(write_err)?;
+            if self.log.remove(seq_key).map_err(write_err)?.is_some() {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
 
     pub fn pending_count(&self) -> usize {
-        self.log.len()
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// When the oldest pending write was accepted (node wall clock, ms).
@@ -371,4 +383,63 @@ impl ProvisionalStore {
 
 fn decode_indexed_reading(bytes: &[u8]) -> Result<StoredReading, bincode::Error> {
     keys::decode::<Indexed<StoredReading>>(bytes).map(|indexed| indexed.value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str) -> WriteOp {
+        WriteOp::Put {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pending_count_follows_accepts_retries_removals_and_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let version = || Version::default();
+        let written = {
+            let db = sled::Config::new().path(&path).open().expect("open");
+            let (flusher, exit) = Flusher::for_sled(db.clone()).expect("flusher");
+            let store = ProvisionalStore::open(&db, flusher).expect("store");
+            let mut written = Vec::new();
+            for i in 0..5 {
+                let accepted = store
+                    .accept(
+                        format!("r{i}").into_bytes(),
+                        put(&format!("k{i}")),
+                        version,
+                        0,
+                    )
+                    .await
+                    .expect("accept");
+                written.push(accepted.seq);
+            }
+            // A retry is not a new pending write.
+            let retry = store
+                .accept(b"r0".to_vec(), put("k0"), version, 0)
+                .await
+                .expect("retry");
+            assert!(retry.deduplicated);
+            assert_eq!(store.pending_count(), 5);
+            let oldest = store.oldest(2, usize::MAX).expect("oldest");
+            store.remove(&oldest).expect("remove");
+            // Removing twice changes nothing.
+            store.remove(&oldest).expect("remove again");
+            assert_eq!(store.pending_count(), 3);
+            assert_eq!(store.pending_count(), store.log.len());
+            drop(store);
+            drop(db);
+            exit.wait().await;
+            written
+        };
+        let db = sled::Config::new().path(&path).open().expect("reopen");
+        let (flusher, _exit) = Flusher::for_sled(db.clone()).expect("flusher");
+        let store = ProvisionalStore::open(&db, flusher).expect("store");
+        assert_eq!(store.pending_count(), 3);
+        assert_eq!(written.len(), 5);
+    }
 }
