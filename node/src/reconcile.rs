@@ -24,7 +24,7 @@ use crate::types::Command;
 /// message limits.
 pub const RECONCILE_BATCH_MAX_WRITES: usize = 512;
 /// Encoded bytes per reconciliation entry (at least one write is sent).
-pub const RECONCILE_BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+pub const RECONCILE_BATCH_MAX_BYTES: usize = 1024 * 1024;
 /// Backoff between failed attempts: doubles from the initial value up to the
 /// maximum, with jitter, retried without limit (nothing acknowledged may be
 /// dropped); every attempt is logged at debug level, every 10th at warn.

@@ -24,6 +24,7 @@ use crate::network::client::NetworkFactory;
 use crate::network::server::RaftServer;
 use crate::network::LeaderContact;
 use crate::network::LinkFilter;
+use crate::network::MAX_ENTRIES_PER_APPEND;
 use crate::network::MAX_RAFT_MESSAGE_BYTES;
 use crate::reconcile;
 use crate::service::admin::AdminApi;
@@ -71,6 +72,7 @@ fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every_logs),
         max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        max_payload_entries: MAX_ENTRIES_PER_APPEND,
         ..Default::default()
     };
     Ok(raft_config.validate()?)

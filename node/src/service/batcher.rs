@@ -32,7 +32,7 @@ use crate::types::WriteOutcome;
 /// Most writes in one log entry.
 pub const PROPOSAL_BATCH_MAX_WRITES: usize = 256;
 /// Most payload bytes (keys, values, readings; estimated) in one log entry.
-pub const PROPOSAL_BATCH_MAX_BYTES: usize = 4 * 1024 * 1024;
+pub const PROPOSAL_BATCH_MAX_BYTES: usize = 1024 * 1024;
 /// Entries proposed by the batcher and not yet applied. Writes arriving
 /// meanwhile join the next entry.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
