@@ -15,8 +15,9 @@ pub const MAX_APPEND_ENTRIES_PAYLOAD_BYTES: u64 = 32 * 1024 * 1024;
 /// Entries openraft reads from the log for one AppendEntries, before the
 /// byte budget above cuts the message. Entries are at most ~1 MiB (batches of
 /// writes and reconciliations are cut there), so one read stays near the
-/// budget; openraft's default of 300 let a follower's catch-up read 1.2 GB of
-/// 4 MiB reconciliation entries (peak RSS 1.9 GiB in the issue-5 benchmark).
+/// budget; with openraft's default of 300, one read of 4 MiB reconciliation
+/// entries could hold 1.2 GB. (This alone did not remove the 1.1 to 1.9 GiB
+/// peaks seen under LOCAL ingest; see docs/bench/profile-2026-11-21.md.)
 pub const MAX_ENTRIES_PER_APPEND: u64 = 32;
 
 use std::collections::BTreeSet;
