@@ -66,16 +66,45 @@ pub struct LoadResult {
     pub total_ops: u64,
 }
 
-struct ClientResult {
-    histogram: Histogram<u64>,
-    ops: u64,
-    items: u64,
-    errors: u64,
-    misses: u64,
-    provisional: u64,
-    error_samples: Vec<String>,
-    last_provisional: BTreeMap<u64, (Instant, Visibility)>,
-    total_ops: u64,
+impl LoadResult {
+    fn empty() -> Self {
+        LoadResult {
+            histogram: new_histogram(),
+            ops: 0,
+            items: 0,
+            errors: 0,
+            misses: 0,
+            provisional: 0,
+            error_samples: Vec::new(),
+            last_provisional: BTreeMap::new(),
+            total_ops: 0,
+        }
+    }
+
+    /// Adds one client's result to this one.
+    fn absorb(&mut self, client: LoadResult) {
+        self.histogram
+            .add(&client.histogram)
+            .expect("histograms share their bounds");
+        self.ops += client.ops;
+        self.items += client.items;
+        self.errors += client.errors;
+        self.misses += client.misses;
+        self.provisional += client.provisional;
+        self.total_ops += client.total_ops;
+        for sample in client.error_samples {
+            push_sample(&mut self.error_samples, sample);
+        }
+        for (origin, (at, check)) in client.last_provisional {
+            let newer = self
+                .last_provisional
+                .get(&origin)
+                .is_none_or(|(seen, _)| at > *seen);
+            if newer {
+                self.last_provisional.insert(origin, (at, check));
+            }
+        }
+    }
 }
 
 /// Runs `clients` closed-loop clients against `target` on `schedule`. Each
@@ -95,17 +124,7 @@ pub async fn run_load<T: Target>(
             run_client(&*target, &spec, client, schedule).await
         }));
     }
-    let mut result = LoadResult {
-        histogram: new_histogram(),
-        ops: 0,
-        items: 0,
-        errors: 0,
-        misses: 0,
-        provisional: 0,
-        error_samples: Vec::new(),
-        last_provisional: BTreeMap::new(),
-        total_ops: 0,
-    };
+    let mut result = LoadResult::empty();
     for task in tasks {
         let client = match task.await {
             Ok(client) => client,
@@ -115,28 +134,7 @@ pub async fn run_load<T: Target>(
                 continue;
             }
         };
-        result
-            .histogram
-            .add(&client.histogram)
-            .expect("histograms share their bounds");
-        result.ops += client.ops;
-        result.items += client.items;
-        result.errors += client.errors;
-        result.misses += client.misses;
-        result.provisional += client.provisional;
-        result.total_ops += client.total_ops;
-        for sample in client.error_samples {
-            push_sample(&mut result.error_samples, sample);
-        }
-        for (origin, (at, check)) in client.last_provisional {
-            let newer = result
-                .last_provisional
-                .get(&origin)
-                .is_none_or(|(seen, _)| at > *seen);
-            if newer {
-                result.last_provisional.insert(origin, (at, check));
-            }
-        }
+        result.absorb(client);
     }
     result
 }
@@ -152,19 +150,9 @@ async fn run_client<T: Target>(
     spec: &WorkloadSpec,
     client: usize,
     schedule: Schedule,
-) -> ClientResult {
+) -> LoadResult {
     let mut generator = spec.client_gen(client);
-    let mut result = ClientResult {
-        histogram: new_histogram(),
-        ops: 0,
-        items: 0,
-        errors: 0,
-        misses: 0,
-        provisional: 0,
-        error_samples: Vec::new(),
-        last_provisional: BTreeMap::new(),
-        total_ops: 0,
-    };
+    let mut result = LoadResult::empty();
     tokio::time::sleep_until(schedule.start).await;
     while result.total_ops < MAX_OPS_PER_CLIENT && Instant::now() < schedule.window_end {
         let op = spec.next_op(&mut generator);

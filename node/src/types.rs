@@ -79,8 +79,8 @@ pub type RequestId = Vec<u8>;
 pub enum Command {
     /// A client write acknowledged once committed (STRONG).
     Write(WriteCommand),
-    /// Several STRONG client writes that reached the leader together (its
-    /// proposal batcher, `service/batcher.rs`). Applied in order, exactly as
+    /// The STRONG client writes (one or more) the leader's proposal batcher
+    /// put in one entry (`service/batcher.rs`). Applied in order, exactly as
     /// consecutive `Write` entries would be; one outcome each.
     Writes(Vec<WriteCommand>),
     /// Provisional (LOCAL) writes accepted by `origin`, in increasing `seq`

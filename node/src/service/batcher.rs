@@ -10,9 +10,11 @@
 //! Nobody waits for a batch to fill: a write that finds a free slot is
 //! proposed at once, so one client alone sees no added latency.
 //!
-//! The writes of one entry are applied in order, exactly as consecutive
-//! `Command::Write` entries would be, and each gets its own outcome. All of
-//! them share the entry's log index.
+//! Every entry the batcher proposes is a `Command::Writes`, even for one
+//! write. Its writes are applied in order, exactly as consecutive
+//! `Command::Write` entries would be (that variant stays for logs written
+//! before the batcher), and each gets its own outcome. All of them share the
+//! entry's log index.
 
 use std::sync::Arc;
 
@@ -51,6 +53,7 @@ struct Pending {
 /// handle is dropped.
 #[derive(Clone)]
 pub struct WriteBatcher {
+    node: NodeId,
     queue: mpsc::Sender<Pending>,
 }
 
@@ -58,25 +61,21 @@ impl WriteBatcher {
     pub fn start(node: NodeId, raft: Raft) -> Self {
         let (queue, receiver) = mpsc::channel(PROPOSAL_QUEUE_MAX_WRITES);
         tokio::spawn(run(node, raft, receiver));
-        Self { queue }
+        Self { node, queue }
     }
 
     /// Proposes `write` (in an entry with whatever else is waiting) and
     /// returns once that entry is applied.
-    pub async fn propose(&self, node: NodeId, write: WriteCommand) -> BatchedResult {
+    pub async fn propose(&self, write: WriteCommand) -> BatchedResult {
         let (reply, answer) = oneshot::channel();
+        let shutting_down = || ApiError::Storage {
+            node: self.node,
+            detail: "the node is shutting down".into(),
+        };
         if self.queue.send(Pending { write, reply }).await.is_err() {
-            return Err(ApiError::Storage {
-                node,
-                detail: "the node is shutting down".into(),
-            });
+            return Err(shutting_down());
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(ApiError::Storage {
-                node,
-                detail: "the node is shutting down".into(),
-            })
-        })
+        answer.await.unwrap_or_else(|_| Err(shutting_down()))
     }
 }
 
@@ -140,38 +139,31 @@ async fn run(node: NodeId, raft: Raft, mut receiver: mpsc::Receiver<Pending>) {
     }
 }
 
-async fn propose_batch(node: NodeId, raft: &Raft, mut batch: Vec<Pending>) {
-    let command = if batch.len() == 1 {
-        Command::Write(batch[0].write.clone())
-    } else {
-        Command::Writes(batch.iter().map(|p| p.write.clone()).collect())
-    };
-    let result = raft.client_write(command).await;
-    let outcomes: Result<(Vec<WriteOutcome>, u64), ApiError> = match result {
-        Ok(response) => {
-            let index = response.log_id.index;
-            match response.data {
-                CommandResult::Write(outcome) if batch.len() == 1 => Ok((vec![outcome], index)),
-                CommandResult::Writes(outcomes) if outcomes.len() == batch.len() => {
-                    Ok((outcomes, index))
-                }
-                other => Err(ApiError::Storage {
-                    node,
-                    detail: format!("a batch of {} writes applied as {other:?}", batch.len()),
-                }),
+async fn propose_batch(node: NodeId, raft: &Raft, batch: Vec<Pending>) {
+    let (writes, replies): (Vec<WriteCommand>, Vec<_>) =
+        batch.into_iter().map(|p| (p.write, p.reply)).unzip();
+    let count = writes.len();
+    let outcomes = match raft.client_write(Command::Writes(writes)).await {
+        Ok(response) => match response.data {
+            CommandResult::Writes(outcomes) if outcomes.len() == count => {
+                Ok((outcomes, response.log_id.index))
             }
-        }
+            other => Err(ApiError::Storage {
+                node,
+                detail: format!("a batch of {count} writes applied as {other:?}"),
+            }),
+        },
         Err(e) => Err(ApiError::from_write(node, e)),
     };
     match outcomes {
         Ok((outcomes, index)) => {
-            for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                let _ = pending.reply.send(Ok((outcome, index)));
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok((outcome, index)));
             }
         }
         Err(error) => {
-            for pending in batch.drain(..) {
-                let _ = pending.reply.send(Err(error.clone()));
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
             }
         }
     }

@@ -119,7 +119,7 @@ impl NodeContext {
                 // Client writes share entries with concurrent ones.
                 Command::Write(write) => {
                     self.batcher
-                        .propose(self.id, write)
+                        .propose(write)
                         .await
                         .map(|(outcome, log_index)| Committed {
                             result: CommandResult::Write(outcome),

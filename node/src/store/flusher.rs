@@ -39,8 +39,8 @@ pub type FlushResult = Result<(), std::io::Error>;
 
 type Waiter = Box<dyn FnOnce(FlushResult) + Send + 'static>;
 
-/// Handle to the flush thread of one sled database. Cheap to clone; the
-/// thread ends when the last handle is dropped.
+/// Handle to one flush thread. Cheap to clone; the thread ends when the last
+/// handle is dropped.
 #[derive(Clone)]
 pub struct Flusher {
     queue: mpsc::Sender<Waiter>,
@@ -56,10 +56,10 @@ impl std::fmt::Debug for Flusher {
     }
 }
 
-/// Counters of the flush thread (for status and benchmarks notes).
+/// Counters of the flush thread (shown by `Debug`, checked by tests).
 #[derive(Debug, Default)]
 pub struct FlushStats {
-    /// `Db::flush` calls made.
+    /// Syncs made.
     pub flushes: AtomicU64,
     /// Waiters answered; `waiters / flushes` is the group-commit factor.
     pub waiters: AtomicU64,

@@ -218,10 +218,6 @@ impl Wal {
         self.index.last_key_value().map(|(i, _)| *i)
     }
 
-    pub fn len(&self) -> usize {
-        self.index.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
