@@ -60,6 +60,7 @@ pub struct RunningNode {
     stop_reconciler: watch::Sender<bool>,
     reconciler: JoinHandle<()>,
     flush_threads: Vec<store::FlushThreadExit>,
+    data_dir: std::path::PathBuf,
 }
 
 fn raft_config(config: &NodeConfig) -> anyhow::Result<openraft::Config> {
@@ -200,6 +201,7 @@ pub async fn start_with_links(
         stop_reconciler,
         reconciler,
         flush_threads: stores.flush_threads,
+        data_dir: config.data_dir.clone(),
     })
 }
 
@@ -231,6 +233,7 @@ impl RunningNode {
         self.raft.shutdown().await.context("stopping raft")?;
         self.log.flush().await.context("flushing storage")?;
         let id = self.id;
+        let data_dir = std::mem::take(&mut self.data_dir);
         let flush_threads = std::mem::take(&mut self.flush_threads);
         // The last database handles go with `self`; then the flush thread
         // ends and releases sled's file lock (a restart in this process needs it).
@@ -244,6 +247,11 @@ impl RunningNode {
                     "the flush thread is still running: a handle to the database is still held"
                 );
             }
+        }
+        if !store::wait_until_released(&data_dir, Duration::from_millis(SHUTDOWN_GRACE_MS)).await {
+            tracing::warn!(
+                "the database is still open {SHUTDOWN_GRACE_MS} ms after shutdown: a task still holds it"
+            );
         }
         tracing::info!(id, "node stopped");
         Ok(())

@@ -191,7 +191,9 @@ impl NodeContext {
             .accept(request_id, op, || self.clock.now(), now_ms)
             .await
             .map_err(|e| match e {
-                AcceptError::Full => ApiError::Overloaded(e.to_string()),
+                AcceptError::Full | AcceptError::FullBytes { .. } => {
+                    ApiError::Overloaded(e.to_string())
+                }
                 AcceptError::Storage(e) => ApiError::from_storage(self.id, *e),
             })?;
         self.reconcile_wakeup.notify_one();

@@ -38,6 +38,40 @@ pub const SLED_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 /// The Raft log's directory under the data directory.
 pub const WAL_DIR: &str = "raft-log";
 
+/// The sled database's directory under the node's data directory.
+pub const SLED_DIR: &str = "db";
+
+/// How often [`wait_until_released`] tries sled's file lock.
+const RELEASE_POLL_MS: u64 = 2;
+
+/// Waits until no handle to the sled database under `data_dir` is left, so
+/// that it can be opened again in this process (sled holds an exclusive
+/// `flock` on `db/db` while any handle lives). Tasks that held a tree, such as
+/// a server connection or openraft's state-machine worker, may end a few
+/// milliseconds after the node's shutdown returned from them. Returns false
+/// if the lock is still held after `timeout`.
+pub async fn wait_until_released(data_dir: &Path, timeout: std::time::Duration) -> bool {
+    let lock_file = data_dir.join(SLED_DIR).join("db");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match std::fs::File::open(&lock_file) {
+            // The lock (if we got it) is released when `file` drops.
+            Ok(file) if file.try_lock().is_ok() => return true,
+            Ok(_) => {}
+            // No database file: nothing holds it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+            Err(e) => {
+                tracing::warn!(path = %lock_file.display(), error = %e, "cannot check the database lock");
+                return false;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(RELEASE_POLL_MS)).await;
+    }
+}
+
 /// Everything a node keeps on disk.
 pub struct Stores {
     pub log: LogStore,
@@ -52,7 +86,7 @@ pub struct Stores {
 pub fn open(data_dir: &Path, clock: Arc<HybridClock>) -> Result<Stores, StorageError> {
     std::fs::create_dir_all(data_dir).map_err(|e| openraft::StorageIOError::write(&e))?;
     let db = sled::Config::new()
-        .path(data_dir.join("db"))
+        .path(data_dir.join(SLED_DIR))
         .cache_capacity(SLED_CACHE_CAPACITY_BYTES)
         // Acknowledged writes are durable through our explicit flushes (the
         // WAL's and `Flusher`'s). No timer: a 1 s sled flush made concurrent

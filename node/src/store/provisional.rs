@@ -36,6 +36,11 @@ use crate::types::WriteOp;
 /// enough cannot fill the disk. At ~200 bytes a write this is ~200 MB.
 pub const MAX_PENDING_PROVISIONAL_WRITES: usize = 1_000_000;
 
+/// The most bytes of pending provisional writes (encoded, as in `prov_log`;
+/// the indexes take about as much again). One write can be a 16 MiB batch of
+/// readings, so the count limit alone does not bound the disk.
+pub const MAX_PENDING_PROVISIONAL_BYTES: usize = 256 * 1024 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct ProvisionalStore {
     flusher: Flusher,
@@ -50,6 +55,10 @@ pub struct ProvisionalStore {
     /// Writes in `log`, kept here because sled's `len` walks the whole tree
     /// (with 35k pending it was 16% of a node's CPU under LOCAL load).
     pending: Arc<AtomicUsize>,
+    /// The encoded bytes of the writes in `log`.
+    pending_bytes: Arc<AtomicUsize>,
+    /// [`MAX_PENDING_PROVISIONAL_BYTES`], lower in tests.
+    max_pending_bytes: usize,
 }
 
 /// A LOCAL write as accepted: its seq and the version of each item.
@@ -65,6 +74,12 @@ pub struct Accepted {
 pub enum AcceptError {
     #[error("this node holds {MAX_PENDING_PROVISIONAL_WRITES} unreconciled LOCAL writes, its limit; retry after the partition heals or write STRONG")]
     Full,
+    #[error("this node holds {pending} bytes of unreconciled LOCAL writes and this write adds {adding}, past its limit of {limit} bytes; retry after the partition heals or write STRONG")]
+    FullBytes {
+        pending: usize,
+        adding: usize,
+        limit: usize,
+    },
     #[error(transparent)]
     Storage(Box<StorageError>),
 }
@@ -103,6 +118,8 @@ impl ProvisionalStore {
             requests: open(keys::PROV_REQUESTS_TREE)?,
             accepting: Arc::new(Mutex::new(())),
             pending: Arc::new(AtomicUsize::new(0)),
+            pending_bytes: Arc::new(AtomicUsize::new(0)),
+            max_pending_bytes: MAX_PENDING_PROVISIONAL_BYTES,
         };
         store.rebuild_indexes()?;
         Ok(store)
@@ -155,18 +172,29 @@ impl ProvisionalStore {
                     // The log entry is the truth; the indexes are derived from it
                     // (and rebuilt from it at startup), so a crash between these
                     // writes leaves nothing inconsistent behind.
-                    self.meta
-                        .insert(keys::NEXT_SEQ_KEY, &keys::log_index_key(seq + 1))
-                        .map_err(write_err)?;
                     let pending = PendingWrite {
                         write,
                         accepted_at_ms,
                     };
+                    let encoded = keys::encode(&pending);
+                    let pending_bytes = self.pending_bytes();
+                    if pending_bytes + encoded.len() > self.max_pending_bytes {
+                        return Err(AcceptError::FullBytes {
+                            pending: pending_bytes,
+                            adding: encoded.len(),
+                            limit: self.max_pending_bytes,
+                        });
+                    }
+                    let encoded_len = encoded.len();
+                    self.meta
+                        .insert(keys::NEXT_SEQ_KEY, &keys::log_index_key(seq + 1))
+                        .map_err(write_err)?;
                     self.log
-                        .insert(keys::log_index_key(seq), keys::encode(&pending))
+                        .insert(keys::log_index_key(seq), encoded)
                         .map_err(write_err)?;
                     self.index(&pending.write)?;
                     self.pending.fetch_add(1, Ordering::Relaxed);
+                    self.pending_bytes.fetch_add(encoded_len, Ordering::Relaxed);
                     Accepted {
                         seq,
                         versions: item_versions(&pending.write.op, version),
@@ -252,14 +280,16 @@ impl ProvisionalStore {
         for tree in [&self.kv, &self.readings, &self.requests] {
             tree.clear().map_err(write_err)?;
         }
-        let mut count = 0;
+        let (mut count, mut bytes) = (0, 0);
         for row in self.log.iter() {
             let (_, value) = row.map_err(read_err)?;
             let pending: PendingWrite = keys::decode(&value).map_err(read_err)?;
             self.index(&pending.write)?;
             count += 1;
+            bytes += value.len();
         }
         self.pending.store(count, Ordering::Relaxed);
+        self.pending_bytes.store(bytes, Ordering::Relaxed);
         Ok(())
     }
 
@@ -327,8 +357,10 @@ impl ProvisionalStore {
                     .remove(write.request_id.as_slice())
                     .map_err(write_err)?;
             }
-            if self.log.remove(seq_key).map_err(write_err)?.is_some() {
+            if let Some(removed) = self.log.remove(seq_key).map_err(write_err)? {
                 self.pending.fetch_sub(1, Ordering::Relaxed);
+                self.pending_bytes
+                    .fetch_sub(removed.len(), Ordering::Relaxed);
             }
         }
         Ok(())
@@ -336,6 +368,12 @@ impl ProvisionalStore {
 
     pub fn pending_count(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// The encoded bytes of the pending writes (see
+    /// [`MAX_PENDING_PROVISIONAL_BYTES`]).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes.load(Ordering::Relaxed)
     }
 
     /// When the oldest pending write was accepted (node wall clock, ms).
@@ -397,7 +435,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_pending_count_follows_accepts_retries_removals_and_reopen() {
+    async fn the_pending_count_and_bytes_follow_accepts_retries_removals_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("db");
         let version = || Version::default();
@@ -431,6 +469,7 @@ mod tests {
             store.remove(&oldest).expect("remove again");
             assert_eq!(store.pending_count(), 3);
             assert_eq!(store.pending_count(), store.log.len());
+            assert_eq!(store.pending_bytes(), log_bytes(&store));
             drop(store);
             drop(db);
             exit.wait().await;
@@ -440,6 +479,58 @@ mod tests {
         let (flusher, _exit) = Flusher::for_sled(db.clone()).expect("flusher");
         let store = ProvisionalStore::open(&db, flusher).expect("store");
         assert_eq!(store.pending_count(), 3);
+        assert_eq!(store.pending_bytes(), log_bytes(&store));
+        assert!(store.pending_bytes() > 0);
         assert_eq!(written.len(), 5);
+    }
+
+    fn log_bytes(store: &ProvisionalStore) -> usize {
+        store.log.iter().map(|row| row.expect("row").1.len()).sum()
+    }
+
+    /// Past the byte limit a LOCAL write is refused, saying how full the store
+    /// is; stored nothing; and once writes are reconciled (removed) writes
+    /// are accepted again.
+    #[tokio::test]
+    async fn writes_past_the_byte_limit_are_refused_until_some_are_reconciled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .expect("open");
+        let (flusher, _exit) = Flusher::for_sled(db.clone()).expect("flusher");
+        let mut store = ProvisionalStore::open(&db, flusher).expect("store");
+        store.max_pending_bytes = 1_200; // three writes of 368 bytes fit
+        let big = |key: &str| WriteOp::Put {
+            key: key.as_bytes().to_vec(),
+            value: vec![7; 300],
+        };
+        let accept = |i: usize| {
+            let store = store.clone();
+            async move {
+                store
+                    .accept(
+                        format!("b{i}").into_bytes(),
+                        big(&format!("k{i}")),
+                        Version::default,
+                        0,
+                    )
+                    .await
+            }
+        };
+        for i in 0..3 {
+            accept(i).await.expect("under the limit");
+        }
+        let error = accept(3).await.expect_err("past the byte limit");
+        assert!(matches!(error, AcceptError::FullBytes { .. }), "{error}");
+        assert!(error.to_string().contains("limit of 1200 bytes"), "{error}");
+        assert_eq!(store.pending_count(), 3);
+        assert!(store.kv.get(b"k3").expect("get").is_none());
+        let oldest = store.oldest(1, usize::MAX).expect("oldest");
+        store.remove(&oldest).expect("remove");
+        accept(3)
+            .await
+            .expect("accepted after a write was reconciled");
+        assert_eq!(store.pending_bytes(), log_bytes(&store));
     }
 }

@@ -19,7 +19,7 @@ fn reading(sensor: &str, ts: i64, value: f64) -> v1::Reading {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_bad_request_is_invalid_argument_and_changes_nothing() {
     let cluster = TestCluster::start(3, |_| {}).await;
-    let leader = cluster.leader().await;
+    let leader = cluster.settled_leader().await;
     let applied_before = cluster.applied_index(leader);
     let too_many_tags: HashMap<String, String> = (0..17)
         .map(|i| (format!("t{i}"), "v".to_string()))

@@ -65,6 +65,28 @@ where
     }
 }
 
+/// How many random ports [`bind_outside_ephemeral_ports`] tries.
+const BIND_ATTEMPTS_MAX: usize = 500;
+
+/// Binds 127.0.0.1 on a free port below the kernel's ephemeral range. A
+/// restarted node binds its old port again; had the port come from the
+/// ephemeral range, an outgoing connection of a concurrent test could hold it
+/// by then ("address already in use").
+async fn bind_outside_ephemeral_ports() -> TcpListener {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let ports = 10_000..ephemeral_low.max(10_001);
+    for _ in 0..BIND_ATTEMPTS_MAX {
+        let port = rand::Rng::gen_range(&mut rand::thread_rng(), ports.clone());
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)).await {
+            return listener;
+        }
+    }
+    panic!("no free port in {ports:?} after {BIND_ATTEMPTS_MAX} attempts");
+}
+
 impl TestCluster {
     /// Starts `size` nodes, initializes the cluster and waits for a leader.
     pub async fn start(size: u64, tweak: impl Fn(&mut NodeConfig)) -> Self {
@@ -72,7 +94,7 @@ impl TestCluster {
         let mut listeners = BTreeMap::new();
         let mut addrs = BTreeMap::new();
         for id in 1..=size {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = bind_outside_ephemeral_ports().await;
             addrs.insert(id, listener.local_addr().expect("local addr"));
             listeners.insert(id, listener);
         }
@@ -181,6 +203,23 @@ impl TestCluster {
 
     pub fn heal(&self) {
         self.links.heal();
+    }
+
+    /// [`Self::leader`], once the leader has applied every entry of its log,
+    /// including the blank entry it appends when elected: from then on the
+    /// applied index moves only for what the test proposes.
+    pub async fn settled_leader(&self) -> u64 {
+        let leader = self.leader().await;
+        eventually("the leader to apply its whole log", || async {
+            let metrics = self.node(leader).raft.metrics().borrow().clone();
+            let applied = metrics.last_applied.map(|l| l.index);
+            (metrics.current_leader == Some(leader)
+                && metrics.last_log_index.is_some()
+                && applied >= metrics.last_log_index)
+                .then_some(())
+        })
+        .await;
+        leader
     }
 
     /// Waits until the nodes other than `excluded` agree on a leader among

@@ -308,6 +308,9 @@ async fn bounded_reads_are_refused_when_the_node_may_be_too_stale() {
     let leader = cluster.leader().await;
     let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
     cluster.must_put(leader, "b", "1").await;
+    // The follower must hold the write before it is cut off (a BOUNDED read
+    // below only promises freshness, not this write).
+    cluster.wait_applied(cluster.applied_index(leader)).await;
     let bounded = |ms| v1::ReadOptions {
         max_staleness_ms: ms,
         ..read_at(R::Bounded)
