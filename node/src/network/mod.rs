@@ -11,7 +11,11 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// AppendEntries requests are cut to at most this many payload bytes (but at
 /// least one entry), keeping every message under `MAX_RAFT_MESSAGE_BYTES`.
-pub const MAX_APPEND_ENTRIES_PAYLOAD_BYTES: u64 = 32 * 1024 * 1024;
+/// openraft 0.9 gives an AppendEntries the heartbeat interval (100 ms) to
+/// complete, and sends it again after a timeout: a message must be small
+/// enough to encode, send, decode and append well within that on a loaded
+/// machine. (It was 32 MiB; etcd's default is 1 MiB.)
+pub const MAX_APPEND_ENTRIES_PAYLOAD_BYTES: u64 = 4 * 1024 * 1024;
 /// Entries openraft reads from the log for one AppendEntries, before the
 /// byte budget above cuts the message. Entries are at most ~1 MiB (batches of
 /// writes and reconciliations are cut there), so one read stays near the
