@@ -235,8 +235,11 @@ impl RunningNode {
         let id = self.id;
         let data_dir = std::mem::take(&mut self.data_dir);
         let flush_threads = std::mem::take(&mut self.flush_threads);
-        // The last database handles go with `self`; then the flush thread
-        // ends and releases sled's file lock (a restart in this process needs it).
+        // The last handles go with `self`: the flush threads end (the WAL's
+        // sync thread with its files, sled's with a database handle), and
+        // then sled's file lock must be free, since a restart in this process
+        // opens the directory again. Tasks that held a tree may still be
+        // finishing, so the lock is waited for on its own.
         drop(self);
         for exit in flush_threads {
             if tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), exit.wait())

@@ -146,9 +146,6 @@ impl ProvisionalStore {
         make_version: impl Fn() -> Version,
         accepted_at_ms: u64,
     ) -> Result<Accepted, AcceptError> {
-        if self.pending_count() >= MAX_PENDING_PROVISIONAL_WRITES {
-            return Err(AcceptError::Full);
-        }
         if let WriteOp::CompareAndSet { .. } = op {
             // The API refuses LOCAL compare-and-set before it gets here.
             return Err(write_err(std::io::Error::other(
@@ -177,15 +174,8 @@ impl ProvisionalStore {
                         accepted_at_ms,
                     };
                     let encoded = keys::encode(&pending);
-                    let pending_bytes = self.pending_bytes();
-                    if pending_bytes + encoded.len() > self.max_pending_bytes {
-                        return Err(AcceptError::FullBytes {
-                            pending: pending_bytes,
-                            adding: encoded.len(),
-                            limit: self.max_pending_bytes,
-                        });
-                    }
-                    let encoded_len = encoded.len();
+                    let adding = encoded.len();
+                    self.check_room(adding)?;
                     self.meta
                         .insert(keys::NEXT_SEQ_KEY, &keys::log_index_key(seq + 1))
                         .map_err(write_err)?;
@@ -194,7 +184,7 @@ impl ProvisionalStore {
                         .map_err(write_err)?;
                     self.index(&pending.write)?;
                     self.pending.fetch_add(1, Ordering::Relaxed);
-                    self.pending_bytes.fetch_add(encoded_len, Ordering::Relaxed);
+                    self.pending_bytes.fetch_add(adding, Ordering::Relaxed);
                     Accepted {
                         seq,
                         versions: item_versions(&pending.write.op, version),
@@ -205,6 +195,25 @@ impl ProvisionalStore {
         };
         self.flusher.flush().await.map_err(write_err)?;
         Ok(accepted)
+    }
+
+    /// Whether a new write of `adding` encoded bytes fits both limits. Called
+    /// under `accepting`, which every change of the counts holds, so the
+    /// limits are exact; a retry of a pending write is not a new write and is
+    /// answered even when the store is full.
+    fn check_room(&self, adding: usize) -> Result<(), AcceptError> {
+        if self.pending_count() >= MAX_PENDING_PROVISIONAL_WRITES {
+            return Err(AcceptError::Full);
+        }
+        let pending = self.pending_bytes();
+        if pending + adding > self.max_pending_bytes {
+            return Err(AcceptError::FullBytes {
+                pending,
+                adding,
+                limit: self.max_pending_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// The earlier acceptance of a retried write still pending here.
@@ -426,6 +435,7 @@ fn decode_indexed_reading(bytes: &[u8]) -> Result<StoredReading, bincode::Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::FlushThreadExit;
 
     fn put(key: &str) -> WriteOp {
         WriteOp::Put {
@@ -434,15 +444,21 @@ mod tests {
         }
     }
 
+    /// A sled database at `path` with its flush thread, and the store on it.
+    fn open_store(path: &std::path::Path) -> (sled::Db, ProvisionalStore, FlushThreadExit) {
+        let db = sled::Config::new().path(path).open().expect("open");
+        let (flusher, exit) = Flusher::for_sled(db.clone()).expect("flusher");
+        let store = ProvisionalStore::open(&db, flusher).expect("store");
+        (db, store, exit)
+    }
+
     #[tokio::test]
     async fn the_pending_count_and_bytes_follow_accepts_retries_removals_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("db");
         let version = || Version::default();
         let written = {
-            let db = sled::Config::new().path(&path).open().expect("open");
-            let (flusher, exit) = Flusher::for_sled(db.clone()).expect("flusher");
-            let store = ProvisionalStore::open(&db, flusher).expect("store");
+            let (db, store, exit) = open_store(&path);
             let mut written = Vec::new();
             for i in 0..5 {
                 let accepted = store
@@ -475,9 +491,7 @@ mod tests {
             exit.wait().await;
             written
         };
-        let db = sled::Config::new().path(&path).open().expect("reopen");
-        let (flusher, _exit) = Flusher::for_sled(db.clone()).expect("flusher");
-        let store = ProvisionalStore::open(&db, flusher).expect("store");
+        let (_db, store, _exit) = open_store(&path);
         assert_eq!(store.pending_count(), 3);
         assert_eq!(store.pending_bytes(), log_bytes(&store));
         assert!(store.pending_bytes() > 0);
@@ -494,12 +508,7 @@ mod tests {
     #[tokio::test]
     async fn writes_past_the_byte_limit_are_refused_until_some_are_reconciled() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .expect("open");
-        let (flusher, _exit) = Flusher::for_sled(db.clone()).expect("flusher");
-        let mut store = ProvisionalStore::open(&db, flusher).expect("store");
+        let (_db, mut store, _exit) = open_store(&dir.path().join("db"));
         store.max_pending_bytes = 1_200; // three writes of 368 bytes fit
         let big = |key: &str| WriteOp::Put {
             key: key.as_bytes().to_vec(),
@@ -526,6 +535,8 @@ mod tests {
         assert!(error.to_string().contains("limit of 1200 bytes"), "{error}");
         assert_eq!(store.pending_count(), 3);
         assert!(store.kv.get(b"k3").expect("get").is_none());
+        // A retry of a pending write is no new write: answered even when full.
+        assert!(accept(0).await.expect("a retry while full").deduplicated);
         let oldest = store.oldest(1, usize::MAX).expect("oldest");
         store.remove(&oldest).expect("remove");
         accept(3)
