@@ -12,8 +12,8 @@ use openraft::ServerState;
 use super::error::ApiError;
 use super::merge_token;
 use super::NodeContext;
+use crate::store::keys::ReadingRow;
 use crate::store::keys::StoredValue;
-use crate::store::state_machine::ReadingRow;
 
 /// How often a waiting read re-checks whether its level is met.
 const READ_POLL_INTERVAL_MS: u64 = 10;

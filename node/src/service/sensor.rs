@@ -13,7 +13,7 @@ use super::to_proto_version;
 use super::validate;
 use super::write::write_level;
 use super::NodeContext;
-use crate::store::state_machine::ReadingRow;
+use crate::store::keys::ReadingRow;
 use crate::types::WriteOp;
 
 pub struct SensorApi {

@@ -6,7 +6,7 @@
 //! | `raft_state`    | `vote`, `committed`, `last_purged`         | bincode of the openraft type  |
 //! | `sm_meta`       | `last_applied`, `last_membership`, `app`   | bincode (`AppMeta` for `app`) |
 //! | `kv`            | the user key bytes                         | bincode `StoredValue`         |
-//! | `readings`      | u16 BE len(sensor) ++ sensor ++ u64 BE ts  | bincode `StoredReading`       |
+//! | `reading_blocks`| u16 BE len(sensor) ++ sensor ++ u64 BE ts of the block's first possible reading (`blocks.rs`) | bincode `Vec<ReadingRow>`, sorted by ts |
 //! | `request_ids`   | the request id bytes                       | bincode `RememberedRequest`   |
 //! | `request_order` | apply sequence number, u64 big-endian      | the request id bytes          |
 //! | `conflicts`     | conflict sequence number, u64 big-endian   | bincode `ConflictRecord`      |
@@ -19,11 +19,11 @@
 //! | `prov_log`      | provisional seq, u64 big-endian            | bincode `PendingWrite`        |
 //! | `prov_meta`     | `next_seq`                                 | u64 big-endian                |
 //! | `prov_kv`       | the user key bytes                         | bincode `Indexed<StoredValue>`|
-//! | `prov_readings` | as in `readings`                           | bincode `Indexed<StoredReading>` |
+//! | `prov_readings` | u16 BE len(sensor) ++ sensor ++ u64 BE ts (one row per reading) | bincode `Indexed<StoredReading>` |
 //! | `prov_requests` | the request id bytes                       | provisional seq, u64 BE       |
 //!
 //! Big-endian integers sort numerically as bytes, so a range of log indexes,
-//! or of one sensor's timestamps, is one ordered sled range. Prefixing the
+//! or of one sensor's timestamps (or blocks), is one ordered sled range. Prefixing the
 //! sensor id with its length keeps `a` and `ab` apart: all readings of a sensor
 //! share a prefix no other sensor has.
 
@@ -41,7 +41,10 @@ pub const RAFT_LOG_TREE: &str = "raft_log";
 pub const RAFT_STATE_TREE: &str = "raft_state";
 pub const SM_META_TREE: &str = "sm_meta";
 pub const KV_TREE: &str = "kv";
-pub const READINGS_TREE: &str = "readings";
+pub const READING_BLOCKS_TREE: &str = "reading_blocks";
+/// One row per reading: the layout before blocks. Found at open, it is
+/// rebuilt into `reading_blocks` and dropped.
+pub const LEGACY_READINGS_TREE: &str = "readings";
 pub const REQUEST_IDS_TREE: &str = "request_ids";
 pub const REQUEST_ORDER_TREE: &str = "request_order";
 pub const CONFLICTS_TREE: &str = "conflicts";
@@ -100,6 +103,14 @@ pub struct StoredReading {
     pub value: f64,
     pub tags: Vec<(String, String)>,
     pub version: Version,
+}
+
+/// One reading with its timestamp: as the read API returns it, and as a
+/// reading block (`blocks.rs`) stores it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ReadingRow {
+    pub timestamp_ms: u64,
+    pub reading: StoredReading,
 }
 
 /// The request-id table's entry: the outcome of the first application and its

@@ -9,6 +9,7 @@
 // return the same type rather than boxing and unboxing at every trait method.
 #![allow(clippy::result_large_err)]
 
+pub mod blocks;
 pub mod flusher;
 pub mod keys;
 pub mod log_store;

@@ -19,11 +19,9 @@ use super::io_err;
 use super::keys;
 use super::keys::Indexed;
 use super::keys::PendingWrite;
+use super::keys::ReadingRow;
 use super::keys::StoredReading;
 use super::keys::StoredValue;
-use super::state_machine::latest_row;
-use super::state_machine::range_rows;
-use super::state_machine::ReadingRow;
 use super::Flusher;
 use crate::types::ProvisionalWrite;
 use crate::types::RequestId;
@@ -426,6 +424,60 @@ impl ProvisionalStore {
             decode_indexed_reading,
         )
     }
+}
+
+/// The newest row of a tree keyed like `prov_readings`; `decode` turns a
+/// value into the reading.
+fn latest_row(
+    tree: &sled::Tree,
+    sensor_id: &str,
+    decode: impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
+) -> Result<Option<ReadingRow>, StorageError> {
+    tree.scan_prefix(keys::sensor_prefix(sensor_id))
+        .next_back()
+        .map(|row| decode_row(row, &decode))
+        .transpose()
+}
+
+/// Up to `limit` rows of a tree keyed like `prov_readings` with
+/// `from_ms <= ts <= to_ms`, in time order (newest first when `descending`).
+fn range_rows(
+    tree: &sled::Tree,
+    sensor_id: &str,
+    (from_ms, to_ms): (u64, u64),
+    limit: usize,
+    descending: bool,
+    decode: impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
+) -> Result<Vec<ReadingRow>, StorageError> {
+    if from_ms > to_ms {
+        return Ok(Vec::new());
+    }
+    let range =
+        tree.range(keys::reading_key(sensor_id, from_ms)..=keys::reading_key(sensor_id, to_ms));
+    let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
+        Box::new(range.rev())
+    } else {
+        Box::new(range)
+    };
+    rows.take(limit)
+        .map(|row| decode_row(row, &decode))
+        .collect()
+}
+
+fn decode_row(
+    row: sled::Result<(sled::IVec, sled::IVec)>,
+    decode: &impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
+) -> Result<ReadingRow, StorageError> {
+    let (key, value) = row.map_err(read_err)?;
+    let timestamp_ms = keys::reading_key_timestamp(&key).ok_or_else(|| {
+        read_err(std::io::Error::other(
+            "reading key shorter than its timestamp",
+        ))
+    })?;
+    Ok(ReadingRow {
+        timestamp_ms,
+        reading: decode(&value).map_err(read_err)?,
+    })
 }
 
 fn decode_indexed_reading(bytes: &[u8]) -> Result<StoredReading, bincode::Error> {

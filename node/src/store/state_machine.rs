@@ -8,6 +8,9 @@
 //! Each `apply` call commits one sled transaction over every state tree,
 //! including `last_applied`, so a crash never leaves half an entry applied and
 //! re-applying after a restart starts exactly where the state ends.
+//!
+//! Readings are stored in blocks of one sensor's readings (`blocks.rs`): an
+//! apply call reads each block it touches once and writes it once.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -28,11 +31,16 @@ use sled::transaction::TransactionError;
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
+use super::blocks;
+use super::blocks::BlockError;
+use super::blocks::BlockWriter;
+use super::blocks::Prefetched;
 use super::io_err;
 use super::keys;
 use super::keys::AppMeta;
 use super::keys::ConflictRecord;
 use super::keys::ConflictTarget;
+use super::keys::ReadingRow;
 use super::keys::RememberedRequest;
 use super::keys::StoredReading;
 use super::keys::StoredValue;
@@ -66,8 +74,11 @@ pub const MAX_REMEMBERED_REQUESTS: u64 = 100_000;
 /// still counts all of them.
 pub const MAX_CONFLICT_RECORDS: u64 = 10_000;
 
-/// The layout version of snapshot data, checked on install.
-const SNAPSHOT_FORMAT: u32 = 2;
+/// The layout version of snapshot data, checked on install. Format 3 has
+/// readings in blocks; format 2 (one row per reading) is still installed,
+/// its readings rebuilt into blocks.
+const SNAPSHOT_FORMAT: u32 = 3;
+const SNAPSHOT_FORMAT_ROW_PER_READING: u32 = 2;
 const SNAPSHOT_FILE: &str = "current.snapshot";
 /// Set in `sm_meta` while a snapshot is being installed; found at startup it
 /// means the install was interrupted and is redone from the snapshot file.
@@ -95,7 +106,7 @@ impl StateTrees {
         Ok(Self {
             meta: open(keys::SM_META_TREE)?,
             kv: open(keys::KV_TREE)?,
-            readings: open(keys::READINGS_TREE)?,
+            readings: open(keys::READING_BLOCKS_TREE)?,
             request_ids: open(keys::REQUEST_IDS_TREE)?,
             request_order: open(keys::REQUEST_ORDER_TREE)?,
             conflicts: open(keys::CONFLICTS_TREE)?,
@@ -106,7 +117,7 @@ impl StateTrees {
     fn data_trees(&self) -> [(&'static str, &sled::Tree); 5] {
         [
             (keys::KV_TREE, &self.kv),
-            (keys::READINGS_TREE, &self.readings),
+            (keys::READING_BLOCKS_TREE, &self.readings),
             (keys::REQUEST_IDS_TREE, &self.request_ids),
             (keys::REQUEST_ORDER_TREE, &self.request_order),
             (keys::CONFLICTS_TREE, &self.conflicts),
@@ -162,6 +173,16 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
 
 fn tx_decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> TxResult<T> {
     keys::decode(bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+fn tx_block(error: BlockError) -> ConflictableTransactionError<bincode::Error> {
+    match error {
+        BlockError::Storage(e) => ConflictableTransactionError::Storage(e),
+        BlockError::Decode(e) => ConflictableTransactionError::Abort(e),
+        other => ConflictableTransactionError::Abort(Box::new(bincode::ErrorKind::Custom(
+            other.to_string(),
+        ))),
+    }
 }
 
 /// DESIGN.md's merge rule for a STRONG write: it always replaces the current
@@ -247,8 +268,36 @@ impl StateMachineStore {
             })?;
             store.load_snapshot(&snapshot.meta, &snapshot.data)?;
         }
+        store.migrate_legacy_readings()?;
         store.clock.observe(store.app.max_version);
         Ok(store)
+    }
+
+    /// Rebuilds a data directory's one-row-per-reading tree (the layout
+    /// before blocks) into blocks, then drops it. Crash-safe: the old tree
+    /// is dropped only after the blocks are flushed, and an interrupted
+    /// rebuild starts over from an empty block tree.
+    fn migrate_legacy_readings(&mut self) -> Result<(), StorageError> {
+        let legacy = keys::LEGACY_READINGS_TREE.as_bytes();
+        if !self.db.tree_names().iter().any(|name| name == legacy) {
+            return Ok(());
+        }
+        let old = self.db.open_tree(legacy).map_err(sm_read_err)?;
+        self.trees.readings.clear().map_err(sm_write_err)?;
+        let count = blocks::rebuild(
+            &self.trees.readings,
+            old.iter()
+                .map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec()))),
+        )
+        .map_err(sm_write_err)?;
+        self.db.flush().map_err(sm_write_err)?;
+        self.db.drop_tree(legacy).map_err(sm_write_err)?;
+        self.db.flush().map_err(sm_write_err)?;
+        tracing::info!(
+            readings = count,
+            "rebuilt the readings of an older data directory into blocks"
+        );
+        Ok(())
     }
 
     pub fn read_view(&self) -> ReadView {
@@ -277,14 +326,14 @@ impl StateMachineStore {
     /// marker, and the marker removed only after the state is complete.
     fn load_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        let payload: SnapshotPayload =
+        let mut payload: SnapshotPayload =
             keys::decode(data).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
-        if payload.format != SNAPSHOT_FORMAT {
+        if payload.format != SNAPSHOT_FORMAT && payload.format != SNAPSHOT_FORMAT_ROW_PER_READING {
             return Err(io_err(
                 subject(),
                 ErrorVerb::Read,
                 std::io::Error::other(format!(
-                    "snapshot format {} is not {SNAPSHOT_FORMAT}",
+                    "snapshot format {} is neither {SNAPSHOT_FORMAT} nor {SNAPSHOT_FORMAT_ROW_PER_READING}",
                     payload.format
                 )),
             ));
@@ -305,6 +354,18 @@ impl StateMachineStore {
                 }
                 tree.apply_batch(batch).map_err(sm_write_err)?;
             }
+        }
+        if let Some(at) = payload
+            .trees
+            .iter()
+            .position(|(name, _)| name == keys::LEGACY_READINGS_TREE)
+        {
+            let (_, rows) = payload.trees.swap_remove(at);
+            blocks::rebuild(
+                &self.trees.readings,
+                rows.into_iter().map(Ok::<_, BlockError>),
+            )
+            .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
         }
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
@@ -333,6 +394,10 @@ impl StateMachineStore {
     /// Applies entries in one transaction and returns one result per entry.
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
         let t = &self.trees;
+        // Read outside the transaction: sled blocks plain reads of a tree
+        // that a transaction in progress holds.
+        let committed_blocks =
+            Prefetched::read(&t.readings, readings_written(&entries)).map_err(sm_read_err)?;
         let start_app = self.app.clone();
         let start_membership = self.last_membership.clone();
         let outcome = (
@@ -347,7 +412,7 @@ impl StateMachineStore {
                 |(meta, kv, readings, request_ids, request_order, conflicts)| {
                     let mut applier = Applier {
                         kv,
-                        readings,
+                        readings: BlockWriter::new(&committed_blocks),
                         request_ids,
                         request_order,
                         conflicts,
@@ -382,7 +447,14 @@ impl StateMachineStore {
                         };
                         results.push(result);
                     }
-                    let app = applier.app;
+                    let Applier {
+                        app,
+                        readings: blocks,
+                        ..
+                    } = applier;
+                    for (key, block) in blocks.into_dirty() {
+                        readings.insert(key, block)?;
+                    }
                     meta.insert(keys::LAST_APPLIED_KEY, keys::encode(&last_applied))?;
                     meta.insert(keys::LAST_MEMBERSHIP_KEY, keys::encode(&membership))?;
                     meta.insert(keys::APP_META_KEY, keys::encode(&app))?;
@@ -421,10 +493,32 @@ impl StateMachineStore {
     }
 }
 
-/// Applies commands inside one apply transaction.
+/// The (sensor, timestamp) of every reading the entries write.
+fn readings_written(entries: &[Entry]) -> Vec<(&str, u64)> {
+    let ops = entries.iter().flat_map(|entry| -> Vec<&WriteOp> {
+        match &entry.payload {
+            EntryPayload::Normal(Command::Write(write)) => vec![&write.op],
+            EntryPayload::Normal(Command::Writes(writes)) => writes.iter().map(|w| &w.op).collect(),
+            EntryPayload::Normal(Command::Reconcile { writes, .. }) => {
+                writes.iter().map(|w| &w.op).collect()
+            }
+            _ => Vec::new(),
+        }
+    });
+    let mut readings = Vec::new();
+    for op in ops {
+        if let WriteOp::PutReadings(batch) = op {
+            readings.extend(batch.iter().map(|r| (r.sensor_id.as_str(), r.timestamp_ms)));
+        }
+    }
+    readings
+}
+
+/// Applies commands inside one apply transaction. Reading blocks are changed
+/// in memory and written into the transaction at its end.
 struct Applier<'a> {
     kv: &'a TransactionalTree,
-    readings: &'a TransactionalTree,
+    readings: BlockWriter<'a, Prefetched>,
     request_ids: &'a TransactionalTree,
     request_order: &'a TransactionalTree,
     conflicts: &'a TransactionalTree,
@@ -516,20 +610,25 @@ impl Applier<'_> {
         let mut outcome = WriteOutcome::default();
         match op {
             WriteOp::PutReadings(batch) => {
+                let mut prefix = Vec::new();
                 for reading in batch {
-                    let key = keys::reading_key(&reading.sensor_id, reading.timestamp_ms);
-                    let current = match self.readings.get(&key)? {
-                        Some(bytes) => Some(tx_decode::<StoredReading>(&bytes)?.version),
-                        None => None,
-                    };
+                    // Batches are usually of one sensor: build its prefix once.
+                    if prefix.get(2..) != Some(reading.sensor_id.as_bytes()) {
+                        prefix = keys::sensor_prefix(&reading.sensor_id);
+                    }
+                    let ts = reading.timestamp_ms;
+                    let current = self.readings.version(&prefix, ts).map_err(tx_block)?;
                     let kept = match merge_decision(writer.rule, version, current) {
                         MergeDecision::Replace(version) => {
-                            let stored = StoredReading {
-                                value: reading.value,
-                                tags: reading.tags.clone(),
-                                version,
+                            let row = ReadingRow {
+                                timestamp_ms: ts,
+                                reading: StoredReading {
+                                    value: reading.value,
+                                    tags: reading.tags.clone(),
+                                    version,
+                                },
                             };
-                            self.readings.insert(key, keys::encode(&stored))?;
+                            self.readings.put(&prefix, row).map_err(tx_block)?;
                             version
                         }
                         MergeDecision::Superseded { winner } => {
@@ -798,13 +897,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// One reading as the read API returns it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ReadingRow {
-    pub timestamp_ms: u64,
-    pub reading: StoredReading,
-}
-
 impl ReadView {
     /// The state machine's own bookkeeping (reconciled seqs, conflict count).
     pub fn app_meta(&self) -> Result<AppMeta, StorageError> {
@@ -841,9 +933,7 @@ impl ReadView {
     }
 
     pub fn latest_reading(&self, sensor_id: &str) -> Result<Option<ReadingRow>, StorageError> {
-        latest_row(&self.trees.readings, sensor_id, |bytes| {
-            keys::decode::<StoredReading>(bytes)
-        })
+        blocks::latest(&self.trees.readings, &keys::sensor_prefix(sensor_id)).map_err(sm_read_err)
     }
 
     /// Up to `limit` readings of a sensor with `from_ms <= ts <= to_ms`, in
@@ -855,74 +945,80 @@ impl ReadView {
         limit: usize,
         descending: bool,
     ) -> Result<Vec<ReadingRow>, StorageError> {
-        range_rows(
+        blocks::range(
             &self.trees.readings,
-            sensor_id,
+            &keys::sensor_prefix(sensor_id),
             (from_ms, to_ms),
             limit,
             descending,
-            keys::decode::<StoredReading>,
         )
+        .map_err(sm_read_err)
     }
-}
-
-/// The newest row of a tree keyed like `readings` (the replicated tree or
-/// the provisional index); `decode` turns a value into the reading.
-pub(crate) fn latest_row(
-    tree: &sled::Tree,
-    sensor_id: &str,
-    decode: impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
-) -> Result<Option<ReadingRow>, StorageError> {
-    tree.scan_prefix(keys::sensor_prefix(sensor_id))
-        .next_back()
-        .map(|row| decode_row(row, &decode))
-        .transpose()
-}
-
-/// Up to `limit` rows of a tree keyed like `readings` with
-/// `from_ms <= ts <= to_ms`, in time order (newest first when `descending`).
-pub(crate) fn range_rows(
-    tree: &sled::Tree,
-    sensor_id: &str,
-    (from_ms, to_ms): (u64, u64),
-    limit: usize,
-    descending: bool,
-    decode: impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
-) -> Result<Vec<ReadingRow>, StorageError> {
-    if from_ms > to_ms {
-        return Ok(Vec::new());
-    }
-    let range =
-        tree.range(keys::reading_key(sensor_id, from_ms)..=keys::reading_key(sensor_id, to_ms));
-    let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
-        Box::new(range.rev())
-    } else {
-        Box::new(range)
-    };
-    rows.take(limit)
-        .map(|row| decode_row(row, &decode))
-        .collect()
-}
-
-fn decode_row(
-    row: sled::Result<(sled::IVec, sled::IVec)>,
-    decode: &impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
-) -> Result<ReadingRow, StorageError> {
-    let (key, value) = row.map_err(sm_read_err)?;
-    let timestamp_ms = keys::reading_key_timestamp(&key).ok_or_else(|| {
-        sm_read_err(std::io::Error::other(
-            "reading key shorter than its timestamp",
-        ))
-    })?;
-    Ok(ReadingRow {
-        timestamp_ms,
-        reading: decode(&value).map_err(sm_read_err)?,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reading(ts: u64) -> (Vec<u8>, Vec<u8>) {
+        let stored = StoredReading {
+            value: ts as f64,
+            tags: Vec::new(),
+            version: v(ts, 0, 1),
+        };
+        (keys::reading_key("s", ts), keys::encode(&stored))
+    }
+
+    /// A data directory or a snapshot from before reading blocks (one row per
+    /// reading) is rebuilt into blocks: every reading still reads back.
+    #[tokio::test]
+    async fn readings_of_the_row_per_reading_layout_are_rebuilt_into_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .expect("open");
+        let legacy = db.open_tree(keys::LEGACY_READINGS_TREE).expect("tree");
+        for ts in 0..300 {
+            let (key, value) = reading(ts);
+            legacy.insert(key, value).expect("insert");
+        }
+        let (flusher, _exit) = super::super::Flusher::for_sled(db.clone()).expect("flusher");
+        let clock = Arc::new(HybridClock::new(1));
+        let mut store =
+            StateMachineStore::open(&db, flusher, &dir.path().join("snap"), clock).expect("store");
+        let read = |store: &StateMachineStore| {
+            store
+                .read_view()
+                .range_readings("s", (0, u64::MAX), 1000, false)
+                .expect("range")
+                .iter()
+                .map(|row| row.timestamp_ms)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(read(&store), (0..300).collect::<Vec<_>>());
+        assert!(!db
+            .tree_names()
+            .iter()
+            .any(|name| name == keys::LEGACY_READINGS_TREE.as_bytes()));
+
+        // A format-2 snapshot names the row-per-reading tree.
+        let payload = SnapshotPayload {
+            format: SNAPSHOT_FORMAT_ROW_PER_READING,
+            app: AppMeta::default(),
+            trees: vec![(
+                keys::LEGACY_READINGS_TREE.to_string(),
+                (500..700).map(reading).collect(),
+            )],
+        };
+        let meta = SnapshotMeta::default();
+        store
+            .load_snapshot(&meta, &keys::encode(&payload))
+            .expect("install");
+        assert_eq!(read(&store), (500..700).collect::<Vec<_>>());
+        let newest = store.read_view().latest_reading("s").expect("latest");
+        assert_eq!(newest.map(|row| row.timestamp_ms), Some(699));
+    }
 
     fn v(physical_ms: u64, logical: u32, origin_node: u64) -> Version {
         Version {
