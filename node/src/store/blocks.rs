@@ -17,7 +17,14 @@
 //! - Blocks are never removed or re-keyed; they gain readings and split.
 //! - Splits happen at the insert that overflows a block, so the layout after
 //!   an entry depends only on the state before it and the entry, not on how
-//!   entries were grouped into apply calls: replicas stay byte-identical.
+//!   entries were grouped into apply calls: replicas that start from the same
+//!   blocks stay byte-identical. (A replica whose row-per-reading data was
+//!   rebuilt into blocks at another log index holds the same readings in
+//!   other blocks: logically identical, not byte-identical.)
+//! - A split moves readings from one row to another, and a sled iterator is
+//!   not a snapshot: a range read must not overlap an apply that splits, or it
+//!   could see moved readings twice or not at all. `StateMachineStore`
+//!   serializes them with its `ReadingsGate`.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -191,7 +198,9 @@ impl Committed for sled::Tree {
 #[derive(Default)]
 pub struct Prefetched {
     keys: std::collections::BTreeSet<Vec<u8>>,
-    blocks: std::collections::HashMap<Vec<u8>, Vec<ReadingRow>>,
+    /// Encoded, as sled holds them: an `IVec` clone shares sled's bytes, and
+    /// the writer decodes each block once.
+    blocks: std::collections::HashMap<Vec<u8>, sled::IVec>,
 }
 
 impl Prefetched {
@@ -221,7 +230,8 @@ impl Prefetched {
             let next = tree.next(&prefix, floor.as_deref().unwrap_or(&key))?;
             if let Some(floor) = &floor {
                 if !fetched.blocks.contains_key(floor) {
-                    fetched.blocks.insert(floor.clone(), tree.rows(floor)?);
+                    let bytes = tree.get(floor)?.ok_or(BlockError::Key(floor.len()))?;
+                    fetched.blocks.insert(floor.clone(), bytes);
                 }
                 fetched.keys.insert(floor.clone());
             }
@@ -255,10 +265,11 @@ impl Committed for Prefetched {
     }
 
     fn rows(&self, key: &[u8]) -> BlockResult<Vec<ReadingRow>> {
-        self.blocks
+        let bytes = self
+            .blocks
             .get(key)
-            .cloned()
-            .ok_or(BlockError::NotPrefetched(key.len()))
+            .ok_or(BlockError::NotPrefetched(key.len()))?;
+        decode_block(bytes)
     }
 }
 
