@@ -989,6 +989,23 @@ impl ReadView {
 mod tests {
     use super::*;
 
+    fn open_db(dir: &Path) -> sled::Db {
+        sled::Config::new()
+            .path(dir.join("db"))
+            .open()
+            .expect("open")
+    }
+
+    fn open_store(
+        db: &sled::Db,
+        snapshot_dir: &Path,
+    ) -> (StateMachineStore, super::super::FlushThreadExit) {
+        let (flusher, exit) = super::super::Flusher::for_sled(db.clone()).expect("flusher");
+        let clock = Arc::new(HybridClock::new(1));
+        let store = StateMachineStore::open(db, flusher, snapshot_dir, clock).expect("store");
+        (store, exit)
+    }
+
     fn reading(ts: u64) -> (Vec<u8>, Vec<u8>) {
         let stored = StoredReading {
             value: ts as f64,
@@ -1009,14 +1026,8 @@ mod tests {
         use std::sync::atomic::AtomicUsize;
         use std::sync::atomic::Ordering;
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .expect("open");
-        let (flusher, _exit) = super::super::Flusher::for_sled(db.clone()).expect("flusher");
-        let clock = Arc::new(HybridClock::new(1));
-        let mut store =
-            StateMachineStore::open(&db, flusher, &dir.path().join("snap"), clock).expect("store");
+        let db = open_db(dir.path());
+        let (mut store, _exit) = open_store(&db, &dir.path().join("snap"));
         let view = store.read_view();
         let applied = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(AtomicBool::new(false));
@@ -1084,10 +1095,7 @@ mod tests {
     #[tokio::test]
     async fn an_interrupted_install_by_an_older_build_is_redone_from_the_snapshot() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .expect("open");
+        let db = open_db(dir.path());
         let legacy = db.open_tree(keys::LEGACY_READINGS_TREE).expect("tree");
         for ts in 0..10 {
             let (key, value) = reading(ts);
@@ -1113,9 +1121,7 @@ mod tests {
             data: keys::encode(&payload),
         })
         .expect("snapshot file");
-        let (flusher, _exit) = super::super::Flusher::for_sled(db.clone()).expect("flusher");
-        let clock = Arc::new(HybridClock::new(1));
-        let store = StateMachineStore::open(&db, flusher, &snapshot_dir, clock).expect("store");
+        let (store, _exit) = open_store(&db, &snapshot_dir);
         let stored: Vec<u64> = store
             .read_view()
             .range_readings("s", (0, u64::MAX), 1000, false)
@@ -1132,19 +1138,13 @@ mod tests {
     #[tokio::test]
     async fn readings_of_the_row_per_reading_layout_are_rebuilt_into_blocks() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .expect("open");
+        let db = open_db(dir.path());
         let legacy = db.open_tree(keys::LEGACY_READINGS_TREE).expect("tree");
         for ts in 0..300 {
             let (key, value) = reading(ts);
             legacy.insert(key, value).expect("insert");
         }
-        let (flusher, _exit) = super::super::Flusher::for_sled(db.clone()).expect("flusher");
-        let clock = Arc::new(HybridClock::new(1));
-        let mut store =
-            StateMachineStore::open(&db, flusher, &dir.path().join("snap"), clock).expect("store");
+        let (mut store, _exit) = open_store(&db, &dir.path().join("snap"));
         let read = |store: &StateMachineStore| {
             store
                 .read_view()
