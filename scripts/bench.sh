@@ -460,6 +460,12 @@ for bin in capkv-node capkv capkv-bench; do
     [[ -x $BIN_SOURCE/$bin ]] || capkv_die "no $BIN_SOURCE/$bin"
     cp "$BIN_SOURCE/$bin" "$BIN/"
 done
+# With --skip-build or --bin-dir, a capkv-bench built without the etcd target
+# would fail every etcd run: refuse before the first run instead.
+if printf '%s\n' "${PLAN[@]}" | grep -q '^etcd ' \
+    && ! "$BIN/capkv-bench" targets | grep -qx etcd; then
+    capkv_die "$BIN_SOURCE/capkv-bench was built without the etcd target; run without --skip-build, or build it with: cargo build --release -p capkv-bench --features etcd"
+fi
 BUILD_DONE_AT=$SECONDS
 
 # ----- run -------------------------------------------------------------------

@@ -41,6 +41,9 @@ struct Cli {
 enum Command {
     /// Aggregate run records (JSON lines) into results.json, results.md and chart.png.
     Report(ReportArgs),
+    /// Print the systems this binary can drive, one per line (etcd only when
+    /// built with the `etcd` feature).
+    Targets,
 }
 
 #[derive(Args, Debug)]
@@ -133,6 +136,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Report(args)) => write_report(args),
+        Some(Command::Targets) => {
+            println!("capkv");
+            if cfg!(feature = "etcd") {
+                println!("etcd");
+            }
+            Ok(())
+        }
         None => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
