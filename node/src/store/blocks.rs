@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::keys;
+use super::keys::reading_key_at as key_at;
 use super::keys::ReadingRow;
 use super::keys::StoredReading;
 use crate::types::Version;
@@ -55,6 +56,8 @@ pub enum BlockError {
     Decode(#[from] bincode::Error),
     #[error("malformed reading block key of {0} bytes")]
     Key(usize),
+    #[error("the reading block (key of {0} bytes) its key range listed is gone")]
+    Missing(usize),
     #[error("a reading block (key of {0} bytes) was not read before the apply")]
     NotPrefetched(usize),
 }
@@ -80,20 +83,15 @@ fn row_bytes(row: &ReadingRow) -> usize {
 
 /// A block key's sensor prefix and timestamp.
 fn split_key(key: &[u8]) -> BlockResult<(&[u8], u64)> {
-    let cut = key
-        .len()
-        .checked_sub(8)
-        .filter(|&cut| cut >= 2)
-        .ok_or(BlockError::Key(key.len()))?;
-    let ts = keys::decode_u64(&key[cut..]).ok_or(BlockError::Key(key.len()))?;
-    Ok((&key[..cut], ts))
+    match keys::reading_key_timestamp(key) {
+        Some(ts) if key.len() >= 2 + 8 => Ok((&key[..key.len() - 8], ts)),
+        _ => Err(BlockError::Key(key.len())),
+    }
 }
 
-fn key_at(prefix: &[u8], ts: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + 8);
-    key.extend_from_slice(prefix);
-    key.extend_from_slice(&ts.to_be_bytes());
-    key
+/// The stored bytes of the block at `key`, a key the tree just listed.
+fn block_bytes(tree: &sled::Tree, key: &[u8]) -> BlockResult<sled::IVec> {
+    tree.get(key)?.ok_or(BlockError::Missing(key.len()))
 }
 
 /// A block loaded into a [`BlockWriter`].
@@ -181,8 +179,7 @@ impl Committed for sled::Tree {
     }
 
     fn rows(&self, key: &[u8]) -> BlockResult<Vec<ReadingRow>> {
-        let bytes = self.get(key)?.ok_or(BlockError::Key(key.len()))?;
-        decode_block(&bytes)
+        decode_block(&block_bytes(self, key)?)
     }
 }
 
@@ -209,19 +206,13 @@ impl Prefetched {
         readings: impl IntoIterator<Item = (&'s str, u64)>,
     ) -> BlockResult<Self> {
         let mut fetched = Self::default();
+        let mut prefix = Vec::new();
         // The committed span last read: [floor or prefix, next).
         let mut span: Option<Span> = None;
         for (sensor_id, ts) in readings {
-            if span
-                .as_ref()
-                .is_none_or(|s| s.prefix.get(2..) != Some(sensor_id.as_bytes()))
-            {
+            if keys::set_sensor_prefix(&mut prefix, sensor_id) {
                 span = None;
             }
-            let prefix = match &span {
-                Some(s) => s.prefix.clone(),
-                None => keys::sensor_prefix(sensor_id),
-            };
             let key = key_at(&prefix, ts);
             if span.as_ref().is_some_and(|s| s.contains(&key)) {
                 continue;
@@ -230,15 +221,16 @@ impl Prefetched {
             let next = tree.next(&prefix, floor.as_deref().unwrap_or(&key))?;
             if let Some(floor) = &floor {
                 if !fetched.blocks.contains_key(floor) {
-                    let bytes = tree.get(floor)?.ok_or(BlockError::Key(floor.len()))?;
-                    fetched.blocks.insert(floor.clone(), bytes);
+                    fetched
+                        .blocks
+                        .insert(floor.clone(), block_bytes(tree, floor)?);
                 }
                 fetched.keys.insert(floor.clone());
             }
             fetched.keys.extend(next.clone());
             span = Some(Span {
                 key: floor.unwrap_or_else(|| prefix.clone()),
-                prefix,
+                prefix: prefix.clone(),
                 next,
             });
         }
@@ -453,13 +445,9 @@ pub fn range(
         }
     } else {
         // The block that holds `from_ms` is the last one keyed at or below it.
-        let first = match tree
-            .range(prefix..=key_at(prefix, from_ms).as_slice())
-            .next_back()
-        {
-            Some(row) => row?.0.to_vec(),
-            None => prefix.to_vec(),
-        };
+        let first = tree
+            .floor(prefix, &key_at(prefix, from_ms))?
+            .unwrap_or_else(|| prefix.to_vec());
         for block in tree.range(first.as_slice()..=key_at(prefix, to_ms).as_slice()) {
             let (_, value) = block?;
             for row in decode_block(&value)?.into_iter().filter(in_range) {

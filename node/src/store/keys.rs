@@ -79,8 +79,25 @@ pub fn sensor_prefix(sensor_id: &str) -> Vec<u8> {
     key
 }
 
+/// Makes `prefix` the [`sensor_prefix`] of `sensor_id`, rebuilding it only
+/// when it is another sensor's (batches are usually of one sensor). Returns
+/// whether it changed.
+pub fn set_sensor_prefix(prefix: &mut Vec<u8>, sensor_id: &str) -> bool {
+    if prefix.get(2..) == Some(sensor_id.as_bytes()) {
+        return false;
+    }
+    *prefix = sensor_prefix(sensor_id);
+    true
+}
+
 pub fn reading_key(sensor_id: &str, timestamp_ms: u64) -> Vec<u8> {
-    let mut key = sensor_prefix(sensor_id);
+    reading_key_at(&sensor_prefix(sensor_id), timestamp_ms)
+}
+
+/// [`reading_key`] from the sensor's prefix.
+pub fn reading_key_at(prefix: &[u8], timestamp_ms: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 8);
+    key.extend_from_slice(prefix);
     key.extend_from_slice(&timestamp_ms.to_be_bytes());
     key
 }

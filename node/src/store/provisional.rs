@@ -404,7 +404,7 @@ impl ProvisionalStore {
     }
 
     pub fn latest_reading(&self, sensor_id: &str) -> Result<Option<ReadingRow>, StorageError> {
-        latest_row(&self.readings, sensor_id, decode_indexed_reading)
+        latest_row(&self.readings, sensor_id)
     }
 
     /// Pending readings of a sensor in `[from_ms, to_ms]`, in time order.
@@ -421,25 +421,19 @@ impl ProvisionalStore {
             (from_ms, to_ms),
             limit,
             descending,
-            decode_indexed_reading,
         )
     }
 }
 
-/// The newest row of a tree keyed like `prov_readings`; `decode` turns a
-/// value into the reading.
-fn latest_row(
-    tree: &sled::Tree,
-    sensor_id: &str,
-    decode: impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
-) -> Result<Option<ReadingRow>, StorageError> {
+/// The newest row of `prov_readings` of a sensor.
+fn latest_row(tree: &sled::Tree, sensor_id: &str) -> Result<Option<ReadingRow>, StorageError> {
     tree.scan_prefix(keys::sensor_prefix(sensor_id))
         .next_back()
-        .map(|row| decode_row(row, &decode))
+        .map(decode_row)
         .transpose()
 }
 
-/// Up to `limit` rows of a tree keyed like `prov_readings` with
+/// Up to `limit` rows of `prov_readings` of a sensor with
 /// `from_ms <= ts <= to_ms`, in time order (newest first when `descending`).
 fn range_rows(
     tree: &sled::Tree,
@@ -447,7 +441,6 @@ fn range_rows(
     (from_ms, to_ms): (u64, u64),
     limit: usize,
     descending: bool,
-    decode: impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
 ) -> Result<Vec<ReadingRow>, StorageError> {
     if from_ms > to_ms {
         return Ok(Vec::new());
@@ -459,15 +452,10 @@ fn range_rows(
     } else {
         Box::new(range)
     };
-    rows.take(limit)
-        .map(|row| decode_row(row, &decode))
-        .collect()
+    rows.take(limit).map(decode_row).collect()
 }
 
-fn decode_row(
-    row: sled::Result<(sled::IVec, sled::IVec)>,
-    decode: &impl Fn(&[u8]) -> Result<StoredReading, bincode::Error>,
-) -> Result<ReadingRow, StorageError> {
+fn decode_row(row: sled::Result<(sled::IVec, sled::IVec)>) -> Result<ReadingRow, StorageError> {
     let (key, value) = row.map_err(read_err)?;
     let timestamp_ms = keys::reading_key_timestamp(&key).ok_or_else(|| {
         read_err(std::io::Error::other(
@@ -476,12 +464,10 @@ fn decode_row(
     })?;
     Ok(ReadingRow {
         timestamp_ms,
-        reading: decode(&value).map_err(read_err)?,
+        reading: keys::decode::<Indexed<StoredReading>>(&value)
+            .map_err(read_err)?
+            .value,
     })
-}
-
-fn decode_indexed_reading(bytes: &[u8]) -> Result<StoredReading, bincode::Error> {
-    keys::decode::<Indexed<StoredReading>>(bytes).map(|indexed| indexed.value)
 }
 
 #[cfg(test)]

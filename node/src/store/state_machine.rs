@@ -292,10 +292,10 @@ impl StateMachineStore {
     /// is dropped only after the blocks are flushed, and an interrupted
     /// rebuild starts over from an empty block tree.
     fn migrate_legacy_readings(&mut self) -> Result<(), StorageError> {
-        let legacy = keys::LEGACY_READINGS_TREE.as_bytes();
-        if !self.db.tree_names().iter().any(|name| name == legacy) {
+        if !self.has_legacy_readings() {
             return Ok(());
         }
+        let legacy = keys::LEGACY_READINGS_TREE;
         let old = self.db.open_tree(legacy).map_err(sm_read_err)?;
         self.trees.readings.clear().map_err(sm_write_err)?;
         let count = blocks::rebuild(
@@ -312,6 +312,12 @@ impl StateMachineStore {
             "rebuilt the readings of an older data directory into blocks"
         );
         Ok(())
+    }
+
+    /// Whether an older build's one-row-per-reading tree is in the database.
+    fn has_legacy_readings(&self) -> bool {
+        let legacy = keys::LEGACY_READINGS_TREE.as_bytes();
+        self.db.tree_names().iter().any(|name| name == legacy)
     }
 
     pub fn read_view(&self) -> ReadView {
@@ -386,9 +392,10 @@ impl StateMachineStore {
         // A row-per-reading tree left by an older build is superseded by the
         // snapshot; dropped before the marker, so a crash here redoes the
         // install rather than rebuilding the old tree over the snapshot.
-        let legacy = keys::LEGACY_READINGS_TREE.as_bytes();
-        if self.db.tree_names().iter().any(|name| name == legacy) {
-            self.db.drop_tree(legacy).map_err(sm_write_err)?;
+        if self.has_legacy_readings() {
+            self.db
+                .drop_tree(keys::LEGACY_READINGS_TREE)
+                .map_err(sm_write_err)?;
         }
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
@@ -636,10 +643,7 @@ impl Applier<'_> {
             WriteOp::PutReadings(batch) => {
                 let mut prefix = Vec::new();
                 for reading in batch {
-                    // Batches are usually of one sensor: build its prefix once.
-                    if prefix.get(2..) != Some(reading.sensor_id.as_bytes()) {
-                        prefix = keys::sensor_prefix(&reading.sensor_id);
-                    }
+                    keys::set_sensor_prefix(&mut prefix, &reading.sensor_id);
                     let ts = reading.timestamp_ms;
                     let current = self.readings.version(&prefix, ts).map_err(tx_block)?;
                     let kept = match merge_decision(writer.rule, version, current) {
@@ -1006,6 +1010,38 @@ mod tests {
         (store, exit)
     }
 
+    /// An older build's one-row-per-reading tree holding `timestamps` of "s".
+    fn write_legacy_readings(db: &sled::Db, timestamps: std::ops::Range<u64>) {
+        let legacy = db.open_tree(keys::LEGACY_READINGS_TREE).expect("tree");
+        for ts in timestamps {
+            let (key, value) = reading(ts);
+            legacy.insert(key, value).expect("insert");
+        }
+    }
+
+    /// An older build's (format 2) snapshot payload with `timestamps` of "s".
+    fn legacy_snapshot(timestamps: std::ops::Range<u64>) -> Vec<u8> {
+        keys::encode(&SnapshotPayload {
+            format: SNAPSHOT_FORMAT_ROW_PER_READING,
+            app: AppMeta::default(),
+            trees: vec![(
+                keys::LEGACY_READINGS_TREE.to_string(),
+                timestamps.map(reading).collect(),
+            )],
+        })
+    }
+
+    /// The timestamps of every replicated reading of "s".
+    fn stored_timestamps(store: &StateMachineStore) -> Vec<u64> {
+        store
+            .read_view()
+            .range_readings("s", (0, u64::MAX), 1000, false)
+            .expect("range")
+            .iter()
+            .map(|row| row.timestamp_ms)
+            .collect()
+    }
+
     fn reading(ts: u64) -> (Vec<u8>, Vec<u8>) {
         let stored = StoredReading {
             value: ts as f64,
@@ -1096,40 +1132,21 @@ mod tests {
     async fn an_interrupted_install_by_an_older_build_is_redone_from_the_snapshot() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = open_db(dir.path());
-        let legacy = db.open_tree(keys::LEGACY_READINGS_TREE).expect("tree");
-        for ts in 0..10 {
-            let (key, value) = reading(ts);
-            legacy.insert(key, value).expect("insert");
-        }
+        write_legacy_readings(&db, 0..10);
         let meta_tree = db.open_tree(keys::SM_META_TREE).expect("tree");
         meta_tree.insert(INSTALLING_KEY, &[]).expect("marker");
         let snapshot_dir = dir.path().join("snap");
         std::fs::create_dir_all(&snapshot_dir).expect("dir");
-        let payload = SnapshotPayload {
-            format: SNAPSHOT_FORMAT_ROW_PER_READING,
-            app: AppMeta::default(),
-            trees: vec![(
-                keys::LEGACY_READINGS_TREE.to_string(),
-                (100..200).map(reading).collect(),
-            )],
-        };
         SnapshotFileWriter {
             dir: snapshot_dir.clone(),
         }
         .write(&StoredSnapshot {
             meta: SnapshotMeta::default(),
-            data: keys::encode(&payload),
+            data: legacy_snapshot(100..200),
         })
         .expect("snapshot file");
         let (store, _exit) = open_store(&db, &snapshot_dir);
-        let stored: Vec<u64> = store
-            .read_view()
-            .range_readings("s", (0, u64::MAX), 1000, false)
-            .expect("range")
-            .iter()
-            .map(|row| row.timestamp_ms)
-            .collect();
-        assert_eq!(stored, (100..200).collect::<Vec<_>>());
+        assert_eq!(stored_timestamps(&store), (100..200).collect::<Vec<_>>());
         assert!(!meta_tree.contains_key(INSTALLING_KEY).expect("read"));
     }
 
@@ -1139,41 +1156,19 @@ mod tests {
     async fn readings_of_the_row_per_reading_layout_are_rebuilt_into_blocks() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = open_db(dir.path());
-        let legacy = db.open_tree(keys::LEGACY_READINGS_TREE).expect("tree");
-        for ts in 0..300 {
-            let (key, value) = reading(ts);
-            legacy.insert(key, value).expect("insert");
-        }
+        write_legacy_readings(&db, 0..300);
         let (mut store, _exit) = open_store(&db, &dir.path().join("snap"));
-        let read = |store: &StateMachineStore| {
-            store
-                .read_view()
-                .range_readings("s", (0, u64::MAX), 1000, false)
-                .expect("range")
-                .iter()
-                .map(|row| row.timestamp_ms)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(read(&store), (0..300).collect::<Vec<_>>());
+        assert_eq!(stored_timestamps(&store), (0..300).collect::<Vec<_>>());
         assert!(!db
             .tree_names()
             .iter()
             .any(|name| name == keys::LEGACY_READINGS_TREE.as_bytes()));
 
         // A format-2 snapshot names the row-per-reading tree.
-        let payload = SnapshotPayload {
-            format: SNAPSHOT_FORMAT_ROW_PER_READING,
-            app: AppMeta::default(),
-            trees: vec![(
-                keys::LEGACY_READINGS_TREE.to_string(),
-                (500..700).map(reading).collect(),
-            )],
-        };
-        let meta = SnapshotMeta::default();
         store
-            .load_snapshot(&meta, &keys::encode(&payload))
+            .load_snapshot(&SnapshotMeta::default(), &legacy_snapshot(500..700))
             .expect("install");
-        assert_eq!(read(&store), (500..700).collect::<Vec<_>>());
+        assert_eq!(stored_timestamps(&store), (500..700).collect::<Vec<_>>());
         let newest = store.read_view().latest_reading("s").expect("latest");
         assert_eq!(newest.map(|row| row.timestamp_ms), Some(699));
     }
