@@ -7,8 +7,7 @@
 //! | `sm_meta`       | `last_applied`, `last_membership`, `app`   | bincode (`AppMeta` for `app`) |
 //! | `kv`            | the user key bytes                         | bincode `StoredValue`         |
 //! | `reading_blocks`| u16 BE len(sensor) ++ sensor ++ u64 BE ts of the block's first possible reading (`blocks.rs`) | bincode `Vec<ReadingRow>`, sorted by ts |
-//! | `request_ids`   | the request id bytes                       | bincode `RememberedRequest`   |
-//! | `request_order` | apply sequence number, u64 big-endian      | the request id bytes          |
+//! | `remembered_requests` | sequence number of the row's first request id, u64 big-endian (one row per log entry, `remembered.rs`) | bincode `Vec<(request id, WriteOutcome)>` |
 //! | `conflicts`     | conflict sequence number, u64 big-endian   | bincode `ConflictRecord`      |
 //!
 //! Node-local trees (never replicated, not in snapshots): the provisional
@@ -45,8 +44,12 @@ pub const READING_BLOCKS_TREE: &str = "reading_blocks";
 /// One row per reading: the layout before blocks. Found at open, it is
 /// rebuilt into `reading_blocks` and dropped.
 pub const LEGACY_READINGS_TREE: &str = "readings";
-pub const REQUEST_IDS_TREE: &str = "request_ids";
-pub const REQUEST_ORDER_TREE: &str = "request_order";
+pub const REMEMBERED_TREE: &str = "remembered_requests";
+/// One row per request id, and their order: the layout before
+/// `remembered_requests`. Found at open, they are rebuilt into it and
+/// dropped.
+pub const LEGACY_REQUEST_IDS_TREE: &str = "request_ids";
+pub const LEGACY_REQUEST_ORDER_TREE: &str = "request_order";
 pub const CONFLICTS_TREE: &str = "conflicts";
 pub const PROV_LOG_TREE: &str = "prov_log";
 pub const PROV_META_TREE: &str = "prov_meta";
@@ -130,8 +133,9 @@ pub struct ReadingRow {
     pub reading: StoredReading,
 }
 
-/// The request-id table's entry: the outcome of the first application and its
-/// place in the retention order.
+/// A row of the request-id table of older builds (`request_ids`): the
+/// outcome of the first application and its place in the retention order.
+/// Read only to rebuild such a table into `remembered_requests`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct RememberedRequest {
     pub sequence: u64,
@@ -143,7 +147,8 @@ pub struct RememberedRequest {
 pub struct AppMeta {
     /// The sequence number the next remembered request id gets.
     pub next_request_sequence: u64,
-    /// The oldest sequence number still remembered.
+    /// The oldest sequence number still remembered: the key of the oldest
+    /// `remembered_requests` row (`next_request_sequence` if none).
     pub oldest_request_sequence: u64,
     /// The greatest version applied so far; a restarted node's clock starts
     /// past it.

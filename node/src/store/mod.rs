@@ -14,6 +14,7 @@ pub mod flusher;
 pub mod keys;
 pub mod log_store;
 pub mod provisional;
+pub mod remembered;
 pub mod state_machine;
 pub mod wal;
 

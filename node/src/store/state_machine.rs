@@ -1,5 +1,5 @@
 //! The replicated state machine on sled (openraft `RaftStateMachine`):
-//! generic keys, sensor readings and the request-id table.
+//! generic keys, sensor readings and the remembered request ids.
 //!
 //! Invariant: applying an entry reads only the entry and the current state:
 //! no clock, no randomness, no node-local configuration. Every replica that
@@ -10,7 +10,9 @@
 //! re-applying after a restart starts exactly where the state ends.
 //!
 //! Readings are stored in blocks of one sensor's readings (`blocks.rs`): an
-//! apply call reads each block it touches once and writes it once.
+//! apply call reads each block it touches once and writes it once. Request
+//! ids are remembered in one row per log entry, found through an in-memory
+//! index (`remembered.rs`).
 
 use std::io::Cursor;
 use std::path::Path;
@@ -42,9 +44,11 @@ use super::keys::AppMeta;
 use super::keys::ConflictRecord;
 use super::keys::ConflictTarget;
 use super::keys::ReadingRow;
-use super::keys::RememberedRequest;
 use super::keys::StoredReading;
 use super::keys::StoredValue;
+use super::remembered;
+use super::remembered::RememberedIndex;
+use super::remembered::RememberedWriter;
 use super::Flusher;
 use crate::hlc::HybridClock;
 use crate::types::Command;
@@ -64,22 +68,20 @@ use crate::types::WriteCommand;
 use crate::types::WriteOp;
 use crate::types::WriteOutcome;
 
-/// How many request ids the state machine remembers. Retention is by apply
-/// order only (the oldest is forgotten first), so every replica forgets the
-/// same ids. At ~100 bytes an id this bounds the table near 10 MB; a client
-/// retrying a write older than the last 100k writes is not protected.
-pub const MAX_REMEMBERED_REQUESTS: u64 = 100_000;
+pub use super::remembered::MAX_REMEMBERED_REQUESTS;
 
 /// How many conflict records the state machine keeps (the newest). Dropped
 /// by apply order, so every replica keeps the same ones; `conflicts_total`
 /// still counts all of them.
 pub const MAX_CONFLICT_RECORDS: u64 = 10_000;
 
-/// The layout version of snapshot data, checked on install. Format 3 has
-/// readings in blocks; format 2 (one row per reading) is still installed,
-/// its readings rebuilt into blocks.
-const SNAPSHOT_FORMAT: u32 = 3;
-const SNAPSHOT_FORMAT_ROW_PER_READING: u32 = 2;
+/// The layout version of snapshot data, checked on install. Format 4 has
+/// request ids in one row per entry (`remembered_requests`). Older formats
+/// are still installed: format 3 (readings in blocks, request ids in
+/// `request_ids`) and format 2 (one row per reading as well), their rows
+/// rebuilt into today's layout.
+const SNAPSHOT_FORMAT: u32 = 4;
+const OLDEST_SNAPSHOT_FORMAT: u32 = 2;
 const SNAPSHOT_FILE: &str = "current.snapshot";
 /// Set in `sm_meta` while a snapshot is being installed; found at startup it
 /// means the install was interrupted and is redone from the snapshot file.
@@ -101,8 +103,7 @@ struct StateTrees {
     kv: sled::Tree,
     readings: sled::Tree,
     readings_gate: ReadingsGate,
-    request_ids: sled::Tree,
-    request_order: sled::Tree,
+    remembered: sled::Tree,
     conflicts: sled::Tree,
 }
 
@@ -117,19 +118,17 @@ impl StateTrees {
             kv: open(keys::KV_TREE)?,
             readings: open(keys::READING_BLOCKS_TREE)?,
             readings_gate: ReadingsGate::default(),
-            request_ids: open(keys::REQUEST_IDS_TREE)?,
-            request_order: open(keys::REQUEST_ORDER_TREE)?,
+            remembered: open(keys::REMEMBERED_TREE)?,
             conflicts: open(keys::CONFLICTS_TREE)?,
         })
     }
 
     /// The trees whose rows a snapshot carries verbatim.
-    fn data_trees(&self) -> [(&'static str, &sled::Tree); 5] {
+    fn data_trees(&self) -> [(&'static str, &sled::Tree); 4] {
         [
             (keys::KV_TREE, &self.kv),
             (keys::READING_BLOCKS_TREE, &self.readings),
-            (keys::REQUEST_IDS_TREE, &self.request_ids),
-            (keys::REQUEST_ORDER_TREE, &self.request_order),
+            (keys::REMEMBERED_TREE, &self.remembered),
             (keys::CONFLICTS_TREE, &self.conflicts),
         ]
     }
@@ -162,6 +161,10 @@ pub struct StateMachineStore {
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
     app: AppMeta,
+    /// Where each remembered request id is (rebuilt at open and install).
+    remembered: RememberedIndex,
+    /// [`MAX_REMEMBERED_REQUESTS`], smaller in tests.
+    remembered_limit: u64,
 }
 
 /// Read access to the applied state, for the services. Reads see whatever has
@@ -264,6 +267,8 @@ impl StateMachineStore {
                 Some(bytes) => keys::decode(&bytes).map_err(sm_read_err)?,
                 None => AppMeta::default(),
             },
+            remembered: RememberedIndex::default(),
+            remembered_limit: MAX_REMEMBERED_REQUESTS,
             trees,
         };
         if store
@@ -283,6 +288,8 @@ impl StateMachineStore {
             store.load_snapshot(&snapshot.meta, &snapshot.data)?;
         }
         store.migrate_legacy_readings()?;
+        store.migrate_legacy_requests()?;
+        store.remembered = RememberedIndex::load(&store.trees.remembered).map_err(sm_read_err)?;
         store.clock.observe(store.app.max_version);
         Ok(store)
     }
@@ -314,10 +321,58 @@ impl StateMachineStore {
         Ok(())
     }
 
+    /// Rebuilds the request-id table of an older data directory (one row
+    /// per id, plus an order tree) into one row per id of
+    /// `remembered_requests`, then drops the old trees. Crash-safe as
+    /// [`migrate_legacy_readings`](Self::migrate_legacy_readings).
+    fn migrate_legacy_requests(&mut self) -> Result<(), StorageError> {
+        if !self.has_tree(keys::LEGACY_REQUEST_IDS_TREE) {
+            return Ok(());
+        }
+        let old = self
+            .db
+            .open_tree(keys::LEGACY_REQUEST_IDS_TREE)
+            .map_err(sm_read_err)?;
+        self.trees.remembered.clear().map_err(sm_write_err)?;
+        let rows = remembered::rows_from_legacy(
+            old.iter()
+                .map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec()))),
+        )
+        .map_err(sm_read_err)?;
+        let count = rows.len();
+        load_remembered_rows(&self.trees.remembered, rows)?;
+        self.db.flush().map_err(sm_write_err)?;
+        self.drop_legacy_request_trees()?;
+        self.db.flush().map_err(sm_write_err)?;
+        tracing::info!(
+            request_ids = count,
+            "rebuilt the request ids of an older data directory into remembered_requests"
+        );
+        Ok(())
+    }
+
+    fn drop_legacy_request_trees(&self) -> Result<(), StorageError> {
+        for legacy in [
+            keys::LEGACY_REQUEST_IDS_TREE,
+            keys::LEGACY_REQUEST_ORDER_TREE,
+        ] {
+            if self.has_tree(legacy) {
+                self.db.drop_tree(legacy).map_err(sm_write_err)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether an older build's one-row-per-reading tree is in the database.
     fn has_legacy_readings(&self) -> bool {
-        let legacy = keys::LEGACY_READINGS_TREE.as_bytes();
-        self.db.tree_names().iter().any(|name| name == legacy)
+        self.has_tree(keys::LEGACY_READINGS_TREE)
+    }
+
+    fn has_tree(&self, name: &str) -> bool {
+        self.db
+            .tree_names()
+            .iter()
+            .any(|tree| tree == name.as_bytes())
     }
 
     pub fn read_view(&self) -> ReadView {
@@ -348,12 +403,12 @@ impl StateMachineStore {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         let mut payload: SnapshotPayload =
             keys::decode(data).map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
-        if payload.format != SNAPSHOT_FORMAT && payload.format != SNAPSHOT_FORMAT_ROW_PER_READING {
+        if !(OLDEST_SNAPSHOT_FORMAT..=SNAPSHOT_FORMAT).contains(&payload.format) {
             return Err(io_err(
                 subject(),
                 ErrorVerb::Read,
                 std::io::Error::other(format!(
-                    "snapshot format {} is neither {SNAPSHOT_FORMAT} nor {SNAPSHOT_FORMAT_ROW_PER_READING}",
+                    "snapshot format {} is not one this build installs ({OLDEST_SNAPSHOT_FORMAT} to {SNAPSHOT_FORMAT})",
                     payload.format
                 )),
             ));
@@ -389,14 +444,26 @@ impl StateMachineStore {
             )
             .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
         }
-        // A row-per-reading tree left by an older build is superseded by the
-        // snapshot; dropped before the marker, so a crash here redoes the
-        // install rather than rebuilding the old tree over the snapshot.
+        if let Some(at) = payload
+            .trees
+            .iter()
+            .position(|(name, _)| name == keys::LEGACY_REQUEST_IDS_TREE)
+        {
+            let (_, rows) = payload.trees.swap_remove(at);
+            let rows = remembered::rows_from_legacy(rows.into_iter().map(Ok))
+                .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+            load_remembered_rows(&self.trees.remembered, rows)?;
+        }
+        // Trees an older build left are superseded by the snapshot; dropped
+        // before the marker, so a crash here redoes the install rather than
+        // rebuilding an old tree over the snapshot at the next open.
         if self.has_legacy_readings() {
             self.db
                 .drop_tree(keys::LEGACY_READINGS_TREE)
                 .map_err(sm_write_err)?;
         }
+        self.drop_legacy_request_trees()?;
+        self.remembered = RememberedIndex::load(&self.trees.remembered).map_err(sm_read_err)?;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         self.app = payload.app;
@@ -431,76 +498,81 @@ impl StateMachineStore {
         let committed_blocks = Prefetched::read(&t.readings, written).map_err(sm_read_err)?;
         let start_app = self.app.clone();
         let start_membership = self.last_membership.clone();
-        let outcome = (
-            &t.meta,
-            &t.kv,
-            &t.readings,
-            &t.request_ids,
-            &t.request_order,
-            &t.conflicts,
-        )
-            .transaction(
-                |(meta, kv, readings, request_ids, request_order, conflicts)| {
-                    let mut applier = Applier {
-                        kv,
-                        readings: BlockWriter::new(&committed_blocks),
-                        request_ids,
-                        request_order,
-                        conflicts,
-                        app: start_app.clone(),
-                        log_index: 0,
+        let outcome = (&t.meta, &t.kv, &t.readings, &t.remembered, &t.conflicts).transaction(
+            |(meta, kv, readings, remembered, conflicts)| {
+                let mut applier = Applier {
+                    kv,
+                    readings: BlockWriter::new(&committed_blocks),
+                    remembered: RememberedWriter::new(
+                        &self.remembered,
+                        remembered,
+                        self.remembered_limit,
+                    ),
+                    conflicts,
+                    app: start_app.clone(),
+                    log_index: 0,
+                };
+                let mut membership = start_membership.clone();
+                let mut last_applied = None;
+                let mut results = Vec::with_capacity(entries.len());
+                for entry in &entries {
+                    last_applied = Some(entry.log_id);
+                    applier.log_index = entry.log_id.index;
+                    let result = match &entry.payload {
+                        EntryPayload::Blank => CommandResult::None,
+                        EntryPayload::Membership(m) => {
+                            membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                            CommandResult::None
+                        }
+                        EntryPayload::Normal(Command::Write(write)) => {
+                            CommandResult::Write(applier.strong_write(write)?)
+                        }
+                        EntryPayload::Normal(Command::Writes(writes)) => {
+                            let mut outcomes = Vec::with_capacity(writes.len());
+                            for write in writes {
+                                outcomes.push(applier.strong_write(write)?);
+                            }
+                            CommandResult::Writes(outcomes)
+                        }
+                        EntryPayload::Normal(Command::Reconcile { origin, writes }) => {
+                            CommandResult::Reconciled(applier.reconcile(*origin, writes)?)
+                        }
                     };
-                    let mut membership = start_membership.clone();
-                    let mut last_applied = None;
-                    let mut results = Vec::with_capacity(entries.len());
-                    for entry in &entries {
-                        last_applied = Some(entry.log_id);
-                        applier.log_index = entry.log_id.index;
-                        let result = match &entry.payload {
-                            EntryPayload::Blank => CommandResult::None,
-                            EntryPayload::Membership(m) => {
-                                membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                                CommandResult::None
-                            }
-                            EntryPayload::Normal(Command::Write(write)) => {
-                                CommandResult::Write(applier.strong_write(write)?)
-                            }
-                            EntryPayload::Normal(Command::Writes(writes)) => {
-                                let mut outcomes = Vec::with_capacity(writes.len());
-                                for write in writes {
-                                    outcomes.push(applier.strong_write(write)?);
-                                }
-                                CommandResult::Writes(outcomes)
-                            }
-                            EntryPayload::Normal(Command::Reconcile { origin, writes }) => {
-                                CommandResult::Reconciled(applier.reconcile(*origin, writes)?)
-                            }
-                        };
-                        results.push(result);
-                    }
-                    let Applier {
-                        app,
-                        readings: blocks,
-                        ..
-                    } = applier;
-                    for (key, block) in blocks.into_dirty() {
-                        readings.insert(key, block)?;
-                    }
-                    meta.insert(keys::LAST_APPLIED_KEY, keys::encode(&last_applied))?;
-                    meta.insert(keys::LAST_MEMBERSHIP_KEY, keys::encode(&membership))?;
-                    meta.insert(keys::APP_META_KEY, keys::encode(&app))?;
-                    Ok((results, app, membership, last_applied))
-                },
-            );
-        let (results, app, membership, last_applied) = outcome.map_err(|e| match e {
-            TransactionError::Abort(e) => sm_write_err(e),
-            TransactionError::Storage(e) => sm_write_err(e),
-        })?;
+                    applier.remembered.end_entry(&mut applier.app)?;
+                    results.push(result);
+                }
+                let Applier {
+                    app,
+                    readings: blocks,
+                    remembered,
+                    ..
+                } = applier;
+                for (key, block) in blocks.into_dirty() {
+                    readings.insert(key, block)?;
+                }
+                meta.insert(keys::LAST_APPLIED_KEY, keys::encode(&last_applied))?;
+                meta.insert(keys::LAST_MEMBERSHIP_KEY, keys::encode(&membership))?;
+                meta.insert(keys::APP_META_KEY, keys::encode(&app))?;
+                Ok((
+                    results,
+                    app,
+                    membership,
+                    last_applied,
+                    remembered.into_changes(),
+                ))
+            },
+        );
+        let (results, app, membership, last_applied, remembered) =
+            outcome.map_err(|e| match e {
+                TransactionError::Abort(e) => sm_write_err(e),
+                TransactionError::Storage(e) => sm_write_err(e),
+            })?;
         if last_applied.is_some() {
             self.last_applied = last_applied;
         }
         self.last_membership = membership;
         self.app = app;
+        self.remembered.publish(remembered);
         self.clock.observe(self.app.max_version);
         Ok(results)
     }
@@ -522,6 +594,22 @@ impl StateMachineStore {
             trees,
         })
     }
+}
+
+/// Writes rebuilt remembered-request rows (a migration or an older
+/// snapshot), a bounded batch at a time.
+fn load_remembered_rows(
+    tree: &sled::Tree,
+    rows: Vec<(u64, remembered::RememberedRow)>,
+) -> Result<(), StorageError> {
+    for chunk in rows.chunks(SNAPSHOT_LOAD_BATCH_ROWS) {
+        let mut batch = sled::Batch::default();
+        for (sequence, row) in chunk {
+            batch.insert(&keys::log_index_key(*sequence), keys::encode(row));
+        }
+        tree.apply_batch(batch).map_err(sm_write_err)?;
+    }
+    Ok(())
 }
 
 /// The (sensor, timestamp) of every reading the entries write.
@@ -550,8 +638,7 @@ fn readings_written(entries: &[Entry]) -> Vec<(&str, u64)> {
 struct Applier<'a> {
     kv: &'a TransactionalTree,
     readings: BlockWriter<'a, Prefetched>,
-    request_ids: &'a TransactionalTree,
-    request_order: &'a TransactionalTree,
+    remembered: RememberedWriter<'a>,
     conflicts: &'a TransactionalTree,
     app: AppMeta,
     /// The index of the entry being applied.
@@ -568,13 +655,11 @@ struct Writer {
 
 impl Applier<'_> {
     fn remembered(&self, request_id: &[u8]) -> TxResult<Option<WriteOutcome>> {
-        if request_id.is_empty() {
-            return Ok(None);
-        }
-        match self.request_ids.get(request_id)? {
-            Some(bytes) => Ok(Some(tx_decode::<RememberedRequest>(&bytes)?.outcome)),
-            None => Ok(None),
-        }
+        self.remembered.lookup(request_id, &self.app)
+    }
+
+    fn remember(&mut self, request_id: &[u8], outcome: &WriteOutcome) {
+        self.remembered.remember(request_id, outcome, &mut self.app);
     }
 
     /// A STRONG write (including compare-and-set), deduplicated by request id.
@@ -590,7 +675,7 @@ impl Applier<'_> {
             write_id: None,
         };
         let outcome = self.write_op(&write.op, write.version, writer)?;
-        self.remember(&write.request_id, &outcome)?;
+        self.remember(&write.request_id, &outcome);
         Ok(outcome)
     }
 
@@ -622,7 +707,7 @@ impl Applier<'_> {
                 write_id: Some((origin, write.seq)),
             };
             let result = self.write_op(&write.op, write.version, writer)?;
-            self.remember(&write.request_id, &result)?;
+            self.remember(&write.request_id, &result);
             let lost = self.app.conflicts_total - conflicts_before;
             outcome.superseded += lost;
             if lost == 0 {
@@ -763,35 +848,6 @@ impl Applier<'_> {
             self.conflicts
                 .remove(&keys::log_index_key(self.app.oldest_conflict_sequence))?;
             self.app.oldest_conflict_sequence += 1;
-        }
-        Ok(())
-    }
-
-    /// Records a request id's outcome and forgets the oldest ids beyond
-    /// `MAX_REMEMBERED_REQUESTS`. Deterministic: driven by apply order alone.
-    fn remember(&mut self, request_id: &[u8], outcome: &WriteOutcome) -> TxResult<()> {
-        if request_id.is_empty() {
-            return Ok(());
-        }
-        let app = &mut self.app;
-        let sequence = app.next_request_sequence;
-        let remembered = RememberedRequest {
-            sequence,
-            outcome: outcome.clone(),
-        };
-        self.request_ids
-            .insert(request_id, keys::encode(&remembered))?;
-        self.request_order
-            .insert(&keys::log_index_key(sequence), request_id)?;
-        app.next_request_sequence += 1;
-        while app.next_request_sequence - app.oldest_request_sequence > MAX_REMEMBERED_REQUESTS {
-            if let Some(old_id) = self
-                .request_order
-                .remove(&keys::log_index_key(app.oldest_request_sequence))?
-            {
-                self.request_ids.remove(old_id)?;
-            }
-            app.oldest_request_sequence += 1;
         }
         Ok(())
     }
@@ -1022,7 +1078,7 @@ mod tests {
     /// An older build's (format 2) snapshot payload with `timestamps` of "s".
     fn legacy_snapshot(timestamps: std::ops::Range<u64>) -> Vec<u8> {
         keys::encode(&SnapshotPayload {
-            format: SNAPSHOT_FORMAT_ROW_PER_READING,
+            format: OLDEST_SNAPSHOT_FORMAT, // 2: one row per reading
             app: AppMeta::default(),
             trees: vec![(
                 keys::LEGACY_READINGS_TREE.to_string(),
@@ -1171,6 +1227,158 @@ mod tests {
         assert_eq!(stored_timestamps(&store), (500..700).collect::<Vec<_>>());
         let newest = store.read_view().latest_reading("s").expect("latest");
         assert_eq!(newest.map(|row| row.timestamp_ms), Some(699));
+    }
+
+    /// An entry at `index` of puts, each with its request id.
+    fn puts_entry(index: u64, request_ids: &[&str]) -> Entry {
+        let writes = request_ids
+            .iter()
+            .map(|id| WriteCommand {
+                request_id: id.as_bytes().to_vec(),
+                version: v(index, 0, 1),
+                op: WriteOp::Put {
+                    key: id.as_bytes().to_vec(),
+                    value: index.to_be_bytes().to_vec(),
+                },
+            })
+            .collect();
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Writes(writes)),
+        }
+    }
+
+    /// For each write of the entry: whether it was answered from the
+    /// remembered requests, and the version it reports.
+    fn apply_puts(
+        store: &mut StateMachineStore,
+        index: u64,
+        request_ids: &[&str],
+    ) -> Vec<(bool, Version)> {
+        let results = store
+            .apply_entries(vec![puts_entry(index, request_ids)])
+            .expect("apply");
+        let [CommandResult::Writes(outcomes)] = results.as_slice() else {
+            panic!("one Writes result, got {results:?}");
+        };
+        outcomes
+            .iter()
+            .map(|o| (o.deduplicated, o.versions[0]))
+            .collect()
+    }
+
+    /// Request ids stay remembered across a restart (the index is rebuilt
+    /// from the tree) and a snapshot install (another store), including
+    /// two writes of one id in one entry.
+    #[tokio::test]
+    async fn remembered_requests_survive_a_restart_and_a_snapshot_install() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snap = dir.path().join("snap");
+        let payload = {
+            let db = open_db(dir.path());
+            let (mut store, _exit) = open_store(&db, &snap);
+            assert_eq!(
+                apply_puts(&mut store, 1, &["a", "b", "a"]),
+                vec![(false, v(1, 0, 1)), (false, v(1, 0, 1)), (true, v(1, 0, 1))]
+            );
+            drop(store);
+            let (mut store, _exit) = open_store(&db, &snap);
+            assert_eq!(
+                apply_puts(&mut store, 2, &["b", "c"]),
+                vec![(true, v(1, 0, 1)), (false, v(2, 0, 1))]
+            );
+            keys::encode(&store.copy_state().expect("copy"))
+        };
+        let other = tempfile::tempdir().expect("tempdir");
+        let db = open_db(other.path());
+        let (mut store, _exit) = open_store(&db, &other.path().join("snap"));
+        store
+            .load_snapshot(&SnapshotMeta::default(), &payload)
+            .expect("install");
+        assert_eq!(
+            apply_puts(&mut store, 3, &["a", "c", "d"]),
+            vec![(true, v(1, 0, 1)), (true, v(2, 0, 1)), (false, v(3, 0, 1))]
+        );
+    }
+
+    /// The request-id table of older builds (a data directory, or a
+    /// format-3 snapshot) is rebuilt into `remembered_requests`: its ids are
+    /// still answered, the retention order goes on from its sequences, and
+    /// the old trees are gone.
+    #[tokio::test]
+    async fn request_ids_of_older_builds_stay_remembered() {
+        let legacy_outcome = |n: u64| WriteOutcome {
+            versions: vec![v(n, 0, 1)],
+            ..WriteOutcome::default()
+        };
+        let legacy_rows = |ids: &[(&str, u64)]| -> TreeRows {
+            ids.iter()
+                .map(|(id, sequence)| {
+                    let row = keys::RememberedRequest {
+                        sequence: *sequence,
+                        outcome: legacy_outcome(*sequence),
+                    };
+                    (id.as_bytes().to_vec(), keys::encode(&row))
+                })
+                .collect()
+        };
+        let legacy_app = AppMeta {
+            next_request_sequence: 7,
+            oldest_request_sequence: 5,
+            ..AppMeta::default()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_db(dir.path());
+        let ids = db.open_tree(keys::LEGACY_REQUEST_IDS_TREE).expect("tree");
+        let order = db.open_tree(keys::LEGACY_REQUEST_ORDER_TREE).expect("tree");
+        for (id, value) in legacy_rows(&[("old-5", 5), ("old-6", 6)]) {
+            ids.insert(&id, value).expect("insert");
+        }
+        order
+            .insert(keys::log_index_key(5), "old-5")
+            .expect("insert");
+        order
+            .insert(keys::log_index_key(6), "old-6")
+            .expect("insert");
+        let meta = db.open_tree(keys::SM_META_TREE).expect("tree");
+        meta.insert(keys::APP_META_KEY, keys::encode(&legacy_app))
+            .expect("insert");
+        drop((ids, order, meta));
+        let (mut store, _exit) = open_store(&db, &dir.path().join("snap"));
+        for legacy in [
+            keys::LEGACY_REQUEST_IDS_TREE,
+            keys::LEGACY_REQUEST_ORDER_TREE,
+        ] {
+            assert!(!store.has_tree(legacy), "{legacy} dropped");
+        }
+        assert_eq!(
+            apply_puts(&mut store, 9, &["old-6", "new"]),
+            vec![(true, v(6, 0, 1)), (false, v(9, 0, 1))]
+        );
+        assert_eq!(store.app.next_request_sequence, 8);
+        assert_eq!(store.app.oldest_request_sequence, 5);
+
+        let format_3 = keys::encode(&SnapshotPayload {
+            format: 3,
+            app: legacy_app,
+            trees: vec![
+                (
+                    keys::LEGACY_REQUEST_IDS_TREE.to_string(),
+                    legacy_rows(&[("snap-5", 5), ("snap-6", 6)]),
+                ),
+                (
+                    keys::LEGACY_REQUEST_ORDER_TREE.to_string(),
+                    vec![(keys::log_index_key(5).to_vec(), b"snap-5".to_vec())],
+                ),
+            ],
+        });
+        store
+            .load_snapshot(&SnapshotMeta::default(), &format_3)
+            .expect("install");
+        assert_eq!(
+            apply_puts(&mut store, 10, &["snap-5", "old-6"]),
+            vec![(true, v(5, 0, 1)), (false, v(10, 0, 1))]
+        );
     }
 
     fn v(physical_ms: u64, logical: u32, origin_node: u64) -> Version {

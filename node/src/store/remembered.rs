@@ -1,0 +1,500 @@
+//! The request ids the state machine remembers (DESIGN.md: a retried write
+//! gets the outcome of its first application), one sled row per log entry.
+//!
+//! Tree `remembered_requests`: every log entry that remembers request ids
+//! writes one row, keyed by the sequence number of its first id (u64
+//! big-endian), whose value is the entry's `(request id, outcome)` pairs in
+//! apply order. Sequence numbers count remembered ids, so row `k` holds the
+//! ids `k..k'`, where `k'` is the next row's key (or
+//! `AppMeta::next_request_sequence` for the newest row).
+//!
+//! Retention is by whole rows, in apply order: after each entry the oldest
+//! row is forgotten while the rows after it still hold at least
+//! [`MAX_REMEMBERED_REQUESTS`] ids. So between that many and that many plus
+//! one entry's ids are remembered, and since entries are the same on every
+//! replica, every replica remembers the same ids.
+//!
+//! The ids themselves are looked up in memory ([`RememberedIndex`]: id → row
+//! key), which is rebuilt from the tree when the store opens and after a
+//! snapshot install. A lookup reads the row only when the id is there: a
+//! retry. Before this layout an apply did five tree operations per write
+//! for the request ids (a lookup, two inserts and two removes); now it does
+//! one insert per entry and about one remove per entry.
+//!
+//! An apply call sees and changes the index through a [`RememberedWriter`]
+//! inside its sled transaction; the changes reach the index only after the
+//! transaction committed ([`RememberedIndex::publish`]).
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+
+use sled::transaction::ConflictableTransactionError;
+use sled::transaction::TransactionalTree;
+
+use super::keys;
+use super::keys::AppMeta;
+use crate::types::WriteOutcome;
+
+/// How many request ids the state machine remembers, at least (see the
+/// module doc: at most this many plus one entry's ids). At ~100 bytes an id
+/// this bounds the table near 10 MB and the in-memory index to a few MB; a
+/// client retrying a write older than the last 100k writes is not
+/// protected.
+pub const MAX_REMEMBERED_REQUESTS: u64 = 100_000;
+
+/// A row of `remembered_requests`: one entry's ids and their outcomes.
+pub type RememberedRow = Vec<(Vec<u8>, WriteOutcome)>;
+
+type TxResult<T> = Result<T, ConflictableTransactionError<bincode::Error>>;
+
+fn tx_decode<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) -> TxResult<T> {
+    keys::decode(bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+fn corrupt(detail: String) -> ConflictableTransactionError<bincode::Error> {
+    ConflictableTransactionError::Abort(Box::new(bincode::ErrorKind::Custom(detail)))
+}
+
+/// Where each remembered id is: its row's key. In memory, rebuilt from the
+/// tree; changed only by [`RememberedIndex::publish`].
+#[derive(Debug, Default)]
+pub struct RememberedIndex {
+    rows_of: HashMap<Box<[u8]>, u64>,
+    /// The keys of the rows, oldest first.
+    rows: VecDeque<u64>,
+}
+
+/// What one apply call changed, to publish once its transaction committed.
+#[derive(Debug, Default)]
+pub struct RememberedChanges {
+    /// Rows written, oldest first, with their ids.
+    added: Vec<(u64, Vec<Vec<u8>>)>,
+    /// Rows forgotten, oldest first (committed rows before rows of `added`),
+    /// with their ids.
+    forgotten: Vec<(u64, Vec<Vec<u8>>)>,
+}
+
+impl RememberedIndex {
+    /// Reads every row of `tree`.
+    pub fn load(tree: &sled::Tree) -> Result<Self, LoadError> {
+        let mut index = Self::default();
+        for row in tree.iter() {
+            let (key, value) = row.map_err(LoadError::Storage)?;
+            let row_key = keys::decode_u64(&key).ok_or_else(|| LoadError::Key(key.to_vec()))?;
+            let requests: RememberedRow = keys::decode(&value).map_err(LoadError::Decode)?;
+            for (id, _) in requests {
+                index.rows_of.insert(id.into_boxed_slice(), row_key);
+            }
+            index.rows.push_back(row_key);
+        }
+        Ok(index)
+    }
+
+    /// The number of ids indexed.
+    pub fn len(&self) -> usize {
+        self.rows_of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows_of.is_empty()
+    }
+
+    /// Applies what a committed apply call changed.
+    pub fn publish(&mut self, changes: RememberedChanges) {
+        for (row_key, ids) in changes.added {
+            for id in ids {
+                self.rows_of.insert(id.into_boxed_slice(), row_key);
+            }
+            self.rows.push_back(row_key);
+        }
+        for (row_key, ids) in changes.forgotten {
+            debug_assert_eq!(self.rows.front(), Some(&row_key));
+            self.rows.pop_front();
+            for id in ids {
+                // The id may be in a newer row already (remembered again
+                // after it was forgotten, in the same apply call).
+                if self.rows_of.get(id.as_slice()) == Some(&row_key) {
+                    self.rows_of.remove(id.as_slice());
+                }
+            }
+        }
+    }
+}
+
+/// Why the index could not be built from the tree.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading remembered requests: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("a remembered-requests row that does not decode: {0}")]
+    Decode(bincode::Error),
+    #[error("a remembered-requests key that is not a sequence number: {0:?}")]
+    Key(Vec<u8>),
+}
+
+/// One apply call's access to the remembered requests, inside its sled
+/// transaction. Lookups see the committed index plus what this call wrote
+/// and minus what it forgot.
+pub struct RememberedWriter<'a> {
+    index: &'a RememberedIndex,
+    tree: &'a TransactionalTree,
+    limit: u64,
+    /// Ids remembered by this call: id → row key.
+    added: HashMap<Vec<u8>, u64>,
+    /// The entry being applied: its row so far (key, requests).
+    open: Option<(u64, RememberedRow)>,
+    changes: RememberedChanges,
+}
+
+impl<'a> RememberedWriter<'a> {
+    /// `limit` is [`MAX_REMEMBERED_REQUESTS`] except in tests.
+    pub fn new(index: &'a RememberedIndex, tree: &'a TransactionalTree, limit: u64) -> Self {
+        Self {
+            index,
+            tree,
+            limit,
+            added: HashMap::new(),
+            open: None,
+            changes: RememberedChanges::default(),
+        }
+    }
+
+    /// The outcome remembered for `request_id`, if it is remembered. An
+    /// empty id is never remembered.
+    pub fn lookup(&self, request_id: &[u8], app: &AppMeta) -> TxResult<Option<WriteOutcome>> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        let Some(&row_key) = self
+            .added
+            .get(request_id)
+            .or_else(|| self.index.rows_of.get(request_id))
+        else {
+            return Ok(None);
+        };
+        // Rows below the oldest kept sequence were forgotten by this call.
+        if row_key < app.oldest_request_sequence {
+            return Ok(None);
+        }
+        let found = |row: &RememberedRow| {
+            row.iter()
+                .find(|(id, _)| id == request_id)
+                .map(|(_, outcome)| outcome.clone())
+        };
+        if let Some((open_key, row)) = &self.open {
+            if *open_key == row_key {
+                return Ok(found(row));
+            }
+        }
+        let Some(bytes) = self.tree.get(keys::log_index_key(row_key))? else {
+            return Err(corrupt(format!(
+                "remembered-requests row {row_key} is indexed but missing"
+            )));
+        };
+        match found(&tx_decode::<RememberedRow>(&bytes)?) {
+            Some(outcome) => Ok(Some(outcome)),
+            None => Err(corrupt(format!(
+                "remembered-requests row {row_key} does not hold an id indexed in it"
+            ))),
+        }
+    }
+
+    /// Remembers `request_id`'s outcome in the current entry's row. The
+    /// caller has checked with [`lookup`](Self::lookup) that it is not
+    /// remembered yet. An empty id is not remembered.
+    pub fn remember(&mut self, request_id: &[u8], outcome: &WriteOutcome, app: &mut AppMeta) {
+        if request_id.is_empty() {
+            return;
+        }
+        let (row_key, row) = self
+            .open
+            .get_or_insert_with(|| (app.next_request_sequence, Vec::new()));
+        row.push((request_id.to_vec(), outcome.clone()));
+        self.added.insert(request_id.to_vec(), *row_key);
+        app.next_request_sequence += 1;
+    }
+
+    /// Ends an entry: writes its row, if it remembered anything, then
+    /// forgets the oldest rows the retention rule lets go.
+    pub fn end_entry(&mut self, app: &mut AppMeta) -> TxResult<()> {
+        if let Some((row_key, row)) = self.open.take() {
+            self.tree
+                .insert(&keys::log_index_key(row_key), keys::encode(&row))?;
+            let ids = row.into_iter().map(|(id, _)| id).collect();
+            self.changes.added.push((row_key, ids));
+        }
+        loop {
+            let forgotten = self.changes.forgotten.len();
+            let (Some(oldest), Some(second)) =
+                (self.row_key(forgotten), self.row_key(forgotten + 1))
+            else {
+                break;
+            };
+            if app.next_request_sequence - second < self.limit {
+                break;
+            }
+            let Some(bytes) = self.tree.remove(&keys::log_index_key(oldest))? else {
+                return Err(corrupt(format!(
+                    "remembered-requests row {oldest} is indexed but missing"
+                )));
+            };
+            let ids = tx_decode::<RememberedRow>(&bytes)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            self.changes.forgotten.push((oldest, ids));
+            app.oldest_request_sequence = second;
+        }
+        if self.row_key(self.changes.forgotten.len()).is_none() {
+            app.oldest_request_sequence = app.next_request_sequence;
+        }
+        Ok(())
+    }
+
+    /// The key of the `i`-th row, oldest first, of the committed rows
+    /// followed by the rows this call wrote.
+    fn row_key(&self, i: usize) -> Option<u64> {
+        let committed = self.index.rows.len();
+        if i < committed {
+            self.index.rows.get(i).copied()
+        } else {
+            self.changes.added.get(i - committed).map(|(key, _)| *key)
+        }
+    }
+
+    /// What this call changed, for [`RememberedIndex::publish`] after the
+    /// transaction commits. Every entry must have been ended.
+    pub fn into_changes(self) -> RememberedChanges {
+        debug_assert!(self.open.is_none(), "an entry was not ended");
+        self.changes
+    }
+}
+
+/// Rows for the request-id table of older builds (`request_ids`: id →
+/// `RememberedRequest { sequence, outcome }`): each id becomes a row of its
+/// own, keyed by its sequence, which keeps the retention order.
+pub fn rows_from_legacy(
+    legacy: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), sled::Error>>,
+) -> Result<Vec<(u64, RememberedRow)>, LoadError> {
+    let mut rows = Vec::new();
+    for row in legacy {
+        let (id, value) = row?;
+        let remembered: keys::RememberedRequest =
+            keys::decode(&value).map_err(LoadError::Decode)?;
+        rows.push((remembered.sequence, vec![(id, remembered.outcome)]));
+    }
+    rows.sort_unstable_by_key(|(sequence, _)| *sequence);
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+    use rand::SeedableRng;
+
+    fn outcome(n: u64) -> WriteOutcome {
+        WriteOutcome {
+            versions: vec![crate::types::Version {
+                physical_ms: n,
+                logical: 0,
+                origin_node: 1,
+            }],
+            ..WriteOutcome::default()
+        }
+    }
+
+    /// The documented rule, written plainly: every id of every entry, in
+    /// order; forget the oldest entry's ids while the later entries still
+    /// hold `limit` ids.
+    struct Model {
+        limit: usize,
+        entries: VecDeque<Vec<(Vec<u8>, u64)>>,
+    }
+
+    impl Model {
+        fn lookup(&self, id: &[u8], open: &[(Vec<u8>, u64)]) -> Option<u64> {
+            self.entries
+                .iter()
+                .chain(std::iter::once(&open.to_vec()))
+                .flatten()
+                .find(|(known, _)| known == id)
+                .map(|(_, n)| *n)
+        }
+
+        fn end_entry(&mut self, entry: Vec<(Vec<u8>, u64)>) {
+            if !entry.is_empty() {
+                self.entries.push_back(entry);
+            }
+            while self.entries.len() > 1
+                && self.entries.iter().skip(1).map(Vec::len).sum::<usize>() >= self.limit
+            {
+                self.entries.pop_front();
+            }
+        }
+    }
+
+    struct Store {
+        tree: sled::Tree,
+        index: RememberedIndex,
+        app: AppMeta,
+        limit: u64,
+    }
+
+    impl Store {
+        /// Applies `calls`: each a list of entries, each a list of
+        /// (id, outcome number). Returns what each write's lookup found.
+        fn apply(&mut self, call: &[Vec<(Vec<u8>, u64)>]) -> Vec<Option<u64>> {
+            let (found, changes, app) = self
+                .tree
+                .transaction(|tree| {
+                    let mut app = self.app.clone();
+                    let mut writer = RememberedWriter::new(&self.index, tree, self.limit);
+                    let mut found = Vec::new();
+                    for entry in call {
+                        for (id, n) in entry {
+                            let hit = writer.lookup(id, &app)?;
+                            found.push(hit.as_ref().map(|o| o.versions[0].physical_ms));
+                            if hit.is_none() {
+                                writer.remember(id, &outcome(*n), &mut app);
+                            }
+                        }
+                        writer.end_entry(&mut app)?;
+                    }
+                    Ok((found, writer.into_changes(), app))
+                })
+                .map_err(|e: sled::transaction::TransactionError<bincode::Error>| e)
+                .expect("transaction");
+            self.index.publish(changes);
+            self.app = app;
+            found
+        }
+    }
+
+    /// Random ids from a small pool, in entries of 0 to 5 writes, in apply
+    /// calls of 1 to 4 entries: every lookup answers as the model does,
+    /// whatever the grouping into calls, and an index rebuilt from the tree
+    /// (a restart) equals the one kept up to date.
+    #[test]
+    fn lookups_follow_the_retention_rule_whatever_the_apply_calls() {
+        for seed in 0..20u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let limit = rng.gen_range(1..12u64);
+            let db = sled::Config::new().temporary(true).open().expect("db");
+            let mut store = Store {
+                tree: db.open_tree("remembered").expect("tree"),
+                index: RememberedIndex::default(),
+                app: AppMeta::default(),
+                limit,
+            };
+            let mut model = Model {
+                limit: limit as usize,
+                entries: VecDeque::new(),
+            };
+            let mut n = 0;
+            for _ in 0..150 {
+                let call: Vec<Vec<(Vec<u8>, u64)>> = (0..rng.gen_range(1..=4))
+                    .map(|_| {
+                        (0..rng.gen_range(0..=5))
+                            .map(|_| {
+                                n += 1;
+                                (vec![rng.gen_range(0..30u8)], n)
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let mut expected = Vec::new();
+                for entry in &call {
+                    let mut open = Vec::new();
+                    for (id, n) in entry {
+                        let hit = model.lookup(id, &open);
+                        expected.push(hit);
+                        if hit.is_none() {
+                            open.push((id.clone(), *n));
+                        }
+                    }
+                    model.end_entry(open);
+                }
+                assert_eq!(store.apply(&call), expected, "seed {seed}");
+                let remembered: usize = model.entries.iter().map(Vec::len).sum();
+                assert_eq!(store.index.len(), remembered, "seed {seed}");
+                assert_eq!(
+                    store.app.next_request_sequence - store.app.oldest_request_sequence,
+                    remembered as u64
+                );
+            }
+            let reloaded = RememberedIndex::load(&store.tree).expect("load");
+            assert_eq!(reloaded.rows_of, store.index.rows_of, "seed {seed}");
+            assert_eq!(reloaded.rows, store.index.rows, "seed {seed}");
+            assert_eq!(store.tree.len(), model.entries.len());
+        }
+    }
+
+    /// At the limit, the table keeps at least `limit` ids and forgets a
+    /// whole entry's ids at once.
+    #[test]
+    fn whole_entries_are_forgotten_once_the_later_ones_hold_the_limit() {
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let mut store = Store {
+            tree: db.open_tree("remembered").expect("tree"),
+            index: RememberedIndex::default(),
+            app: AppMeta::default(),
+            limit: 4,
+        };
+        let ids = |names: &[&str]| -> Vec<(Vec<u8>, u64)> {
+            names.iter().map(|n| (n.as_bytes().to_vec(), 1)).collect()
+        };
+        store.apply(&[ids(&["a", "b", "c"]), ids(&["d", "e"])]);
+        // 5 ids; forgetting [a b c] would leave 2 < 4.
+        assert_eq!(store.index.len(), 5);
+        store.apply(&[ids(&["f", "g"])]);
+        // [d e] + [f g] hold 4: [a b c] goes.
+        assert_eq!(store.index.len(), 4);
+        assert_eq!(store.apply(&[ids(&["a", "d"])]), vec![None, Some(1)]);
+        // "a" was remembered again and "d" answered from the table. [d e]
+        // stays: [f g] + [a] hold only 3.
+        assert_eq!(store.index.len(), 5);
+        assert_eq!(store.app.oldest_request_sequence, 3);
+        assert_eq!(store.app.next_request_sequence, 8);
+    }
+
+    /// A row that the index names but the tree lacks is an error, not a
+    /// silent "not remembered" (that would apply a retried write twice).
+    #[test]
+    fn an_indexed_row_missing_from_the_tree_is_an_error() {
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let tree = db.open_tree("remembered").expect("tree");
+        let mut index = RememberedIndex::default();
+        index.rows_of.insert(b"x".to_vec().into_boxed_slice(), 0);
+        index.rows.push_back(0);
+        let app = AppMeta::default();
+        let result = tree.transaction(|tx| {
+            let writer = RememberedWriter::new(&index, tx, 10);
+            writer.lookup(b"x", &app)?;
+            Ok(())
+        });
+        let error = result.expect_err("missing row");
+        assert!(error.to_string().contains("indexed but missing"), "{error}");
+    }
+
+    #[test]
+    fn legacy_rows_become_one_row_per_id_in_sequence_order() {
+        let legacy = [(b"late".to_vec(), 7u64), (b"early".to_vec(), 3)]
+            .into_iter()
+            .map(|(id, sequence)| {
+                let value = keys::encode(&keys::RememberedRequest {
+                    sequence,
+                    outcome: outcome(sequence),
+                });
+                Ok((id, value))
+            });
+        let rows = rows_from_legacy(legacy).expect("rows");
+        assert_eq!(
+            rows,
+            vec![
+                (3, vec![(b"early".to_vec(), outcome(3))]),
+                (7, vec![(b"late".to_vec(), outcome(7))]),
+            ]
+        );
+    }
+}
