@@ -58,8 +58,6 @@ pub enum BlockError {
     Key(usize),
     #[error("the reading block (key of {0} bytes) its key range listed is gone")]
     Missing(usize),
-    #[error("a reading block (key of {0} bytes) was not read before the apply")]
-    NotPrefetched(usize),
 }
 
 pub type BlockResult<T> = Result<T, BlockError>;
@@ -146,136 +144,38 @@ impl Span {
     }
 }
 
-/// The committed blocks a [`BlockWriter`] starts from: what it needs to know
-/// of them is the block keys around a timestamp and a block's rows.
-pub trait Committed {
-    /// The greatest block key of the sensor with `prefix` at or below `key`.
-    fn floor(&self, prefix: &[u8], key: &[u8]) -> BlockResult<Option<Vec<u8>>>;
-    /// The least block key of the sensor with `prefix` above `key`.
-    fn next(&self, prefix: &[u8], key: &[u8]) -> BlockResult<Option<Vec<u8>>>;
-    /// The rows of the block at `key` (one that `floor` returned).
-    fn rows(&self, key: &[u8]) -> BlockResult<Vec<ReadingRow>>;
-}
-
-/// Reading the tree itself: for work outside a transaction ([`rebuild`]).
-impl Committed for sled::Tree {
-    fn floor(&self, prefix: &[u8], key: &[u8]) -> BlockResult<Option<Vec<u8>>> {
-        // Keys between `prefix` and `key` all belong to this sensor: sensor
-        // ids are length-prefixed.
-        match self.range(prefix..=key).next_back() {
-            Some(row) => Ok(Some(row?.0.to_vec())),
-            None => Ok(None),
-        }
-    }
-
-    fn next(&self, prefix: &[u8], key: &[u8]) -> BlockResult<Option<Vec<u8>>> {
-        match self
-            .range::<&[u8], _>((Bound::Excluded(key), Bound::Unbounded))
-            .next()
-        {
-            Some(row) => Ok(Some(row?.0.to_vec()).filter(|k| k.starts_with(prefix))),
-            None => Ok(None),
-        }
-    }
-
-    fn rows(&self, key: &[u8]) -> BlockResult<Vec<ReadingRow>> {
-        decode_block(&block_bytes(self, key)?)
+/// The greatest block key of the sensor with `prefix` at or below `key`.
+fn floor(tree: &sled::Tree, prefix: &[u8], key: &[u8]) -> BlockResult<Option<Vec<u8>>> {
+    // Keys between `prefix` and `key` all belong to this sensor: sensor ids
+    // are length-prefixed.
+    match tree.range(prefix..=key).next_back() {
+        Some(row) => Ok(Some(row?.0.to_vec())),
+        None => Ok(None),
     }
 }
 
-/// The committed blocks around given timestamps, read before an apply's
-/// transaction: sled blocks a plain read of a tree that a transaction in
-/// progress holds, so the apply cannot read the tree itself.
-///
-/// For every timestamp given to [`Prefetched::read`] it holds the block key
-/// at or below it, that block's rows and the next block key: every answer
-/// a [`BlockWriter`] asks while applying readings at those timestamps, even
-/// after it split blocks (a split's keys lie between the same two committed
-/// keys).
-#[derive(Default)]
-pub struct Prefetched {
-    keys: std::collections::BTreeSet<Vec<u8>>,
-    /// Encoded, as sled holds them: an `IVec` clone shares sled's bytes, and
-    /// the writer decodes each block once.
-    blocks: std::collections::HashMap<Vec<u8>, sled::IVec>,
-}
-
-impl Prefetched {
-    pub fn read<'s>(
-        tree: &sled::Tree,
-        readings: impl IntoIterator<Item = (&'s str, u64)>,
-    ) -> BlockResult<Self> {
-        let mut fetched = Self::default();
-        let mut prefix = Vec::new();
-        // The committed span last read: [floor or prefix, next).
-        let mut span: Option<Span> = None;
-        for (sensor_id, ts) in readings {
-            if keys::set_sensor_prefix(&mut prefix, sensor_id) {
-                span = None;
-            }
-            let key = key_at(&prefix, ts);
-            if span.as_ref().is_some_and(|s| s.contains(&key)) {
-                continue;
-            }
-            let floor = tree.floor(&prefix, &key)?;
-            let next = tree.next(&prefix, floor.as_deref().unwrap_or(&key))?;
-            if let Some(floor) = &floor {
-                if !fetched.blocks.contains_key(floor) {
-                    fetched
-                        .blocks
-                        .insert(floor.clone(), block_bytes(tree, floor)?);
-                }
-                fetched.keys.insert(floor.clone());
-            }
-            fetched.keys.extend(next.clone());
-            span = Some(Span {
-                key: floor.unwrap_or_else(|| prefix.clone()),
-                prefix: prefix.clone(),
-                next,
-            });
-        }
-        Ok(fetched)
-    }
-}
-
-impl Committed for Prefetched {
-    fn floor(&self, prefix: &[u8], key: &[u8]) -> BlockResult<Option<Vec<u8>>> {
-        Ok(self
-            .keys
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Included(key)))
-            .next_back()
-            .cloned())
-    }
-
-    fn next(&self, prefix: &[u8], key: &[u8]) -> BlockResult<Option<Vec<u8>>> {
-        Ok(self
-            .keys
-            .range::<[u8], _>((Bound::Excluded(key), Bound::Unbounded))
-            .next()
-            .filter(|k| k.starts_with(prefix))
-            .cloned())
-    }
-
-    fn rows(&self, key: &[u8]) -> BlockResult<Vec<ReadingRow>> {
-        let bytes = self
-            .blocks
-            .get(key)
-            .ok_or(BlockError::NotPrefetched(key.len()))?;
-        decode_block(bytes)
+/// The least block key of the sensor with `prefix` above `key`.
+fn next(tree: &sled::Tree, prefix: &[u8], key: &[u8]) -> BlockResult<Option<Vec<u8>>> {
+    match tree
+        .range::<&[u8], _>((Bound::Excluded(key), Bound::Unbounded))
+        .next()
+    {
+        Some(row) => Ok(Some(row?.0.to_vec()).filter(|k| k.starts_with(prefix))),
+        None => Ok(None),
     }
 }
 
 /// Reads and changes blocks for one apply call: committed blocks are read
 /// once, changed in memory, and handed back by [`BlockWriter::into_dirty`]
-/// to be written in the apply's transaction.
-pub struct BlockWriter<'a, C: Committed> {
-    committed: &'a C,
+/// to be written with the apply's other writes.
+pub struct BlockWriter<'a> {
+    committed: &'a sled::Tree,
     blocks: BTreeMap<Vec<u8>, Loaded>,
     span: Option<Span>,
 }
 
-impl<'a, C: Committed> BlockWriter<'a, C> {
-    pub fn new(committed: &'a C) -> Self {
+impl<'a> BlockWriter<'a> {
+    pub fn new(committed: &'a sled::Tree) -> Self {
         Self {
             committed,
             blocks: BTreeMap::new(),
@@ -286,7 +186,7 @@ impl<'a, C: Committed> BlockWriter<'a, C> {
     /// The first key of the sensor's blocks after `key`, committed or in
     /// memory.
     fn next_block(&self, prefix: &[u8], key: &[u8]) -> BlockResult<Option<Vec<u8>>> {
-        let committed = self.committed.next(prefix, key)?;
+        let committed = next(self.committed, prefix, key)?;
         let in_memory = self
             .blocks
             .range::<[u8], _>((Bound::Excluded(key), Bound::Unbounded))
@@ -306,7 +206,7 @@ impl<'a, C: Committed> BlockWriter<'a, C> {
                 return Ok(Some(span.key.clone()));
             }
         }
-        let committed = self.committed.floor(prefix, &key)?;
+        let committed = floor(self.committed, prefix, &key)?;
         let in_memory = self
             .blocks
             .range::<[u8], _>((Bound::Included(prefix), Bound::Included(key.as_slice())))
@@ -317,7 +217,7 @@ impl<'a, C: Committed> BlockWriter<'a, C> {
             return Ok(None);
         };
         if !self.blocks.contains_key(&found) {
-            let rows = self.committed.rows(&found)?;
+            let rows = decode_block(&block_bytes(self.committed, &found)?)?;
             self.blocks.insert(found.clone(), Loaded::new(rows, false));
         }
         self.span = Some(Span {
@@ -445,9 +345,8 @@ pub fn range(
         }
     } else {
         // The block that holds `from_ms` is the last one keyed at or below it.
-        let first = tree
-            .floor(prefix, &key_at(prefix, from_ms))?
-            .unwrap_or_else(|| prefix.to_vec());
+        let first =
+            floor(tree, prefix, &key_at(prefix, from_ms))?.unwrap_or_else(|| prefix.to_vec());
         for block in tree.range(first.as_slice()..=key_at(prefix, to_ms).as_slice()) {
             let (_, value) = block?;
             for row in decode_block(&value)?.into_iter().filter(in_range) {
@@ -496,7 +395,7 @@ where
     Ok(count)
 }
 
-fn write_out<C: Committed>(tree: &sled::Tree, writer: BlockWriter<'_, C>) -> BlockResult<()> {
+fn write_out(tree: &sled::Tree, writer: BlockWriter<'_>) -> BlockResult<()> {
     let mut batch = sled::Batch::default();
     for (key, value) in writer.into_dirty() {
         batch.insert(key, value);
@@ -538,27 +437,16 @@ mod tests {
         }
     }
 
-    /// Applies puts in groups (one writer per group, as one apply call),
-    /// reading committed blocks from the tree itself or, as the state
-    /// machine does, prefetched before the group.
-    fn apply(tree: &sled::Tree, groups: &[Vec<(&str, ReadingRow)>], prefetch: bool) {
-        fn put_all<C: Committed>(tree: &sled::Tree, c: &C, group: &[(&str, ReadingRow)]) {
-            let mut writer = BlockWriter::new(c);
+    /// Applies puts in groups (one writer per group, as one apply call).
+    fn apply(tree: &sled::Tree, groups: &[Vec<(&str, ReadingRow)>]) {
+        for group in groups {
+            let mut writer = BlockWriter::new(tree);
             for (sensor, row) in group {
                 writer
                     .put(&keys::sensor_prefix(sensor), row.clone())
                     .expect("put");
             }
             write_out(tree, writer).expect("write");
-        }
-        for group in groups {
-            if prefetch {
-                let at = group.iter().map(|(s, row)| (*s, row.timestamp_ms));
-                let fetched = Prefetched::read(tree, at).expect("prefetch");
-                put_all(tree, &fetched, group);
-            } else {
-                put_all(tree, tree, group);
-            }
         }
     }
 
@@ -595,7 +483,7 @@ mod tests {
     fn appends_fill_blocks_and_reads_see_every_reading() {
         let tree = tree();
         let group: Vec<_> = (0..1000).map(|ts| ("s", row(ts, ts as f64))).collect();
-        apply(&tree, &[group], true);
+        apply(&tree, &[group]);
         let rows = check_layout(&tree);
         assert_eq!(rows.len(), 1000);
         // Appends leave full blocks behind.
@@ -619,8 +507,7 @@ mod tests {
 
     /// Random puts of several sensors (out of order, overwrites, big tags),
     /// in groups of several sizes, against a model: reads agree, the layout
-    /// holds, and the bytes stored depend neither on the grouping nor on
-    /// whether committed blocks were prefetched.
+    /// holds, and the bytes stored do not depend on the grouping.
     #[test]
     fn random_puts_match_a_model_whatever_the_grouping() {
         let mut rng = StdRng::seed_from_u64(7);
@@ -644,10 +531,10 @@ mod tests {
             model.insert((sensor, row.timestamp_ms), row.reading.clone());
         }
         let mut stored = Vec::new();
-        for (group_size, prefetch) in [(1, false), (7, true), (3000, false), (3000, true)] {
+        for group_size in [1, 7, 3000] {
             let tree = tree();
             let groups: Vec<_> = puts.chunks(group_size).map(|g| g.to_vec()).collect();
-            apply(&tree, &groups, prefetch);
+            apply(&tree, &groups);
             assert_eq!(check_layout(&tree).len(), model.len());
             for sensor in sensors {
                 let prefix = keys::sensor_prefix(sensor);

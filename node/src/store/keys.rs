@@ -9,6 +9,7 @@
 //! | `reading_blocks`| u16 BE len(sensor) ++ sensor ++ u64 BE ts of the block's first possible reading (`blocks.rs`) | bincode `Vec<ReadingRow>`, sorted by ts |
 //! | `remembered_requests` | sequence number of the row's first request id, u64 big-endian (one row per log entry, `remembered.rs`) | bincode `Vec<(request id, WriteOutcome)>` |
 //! | `conflicts`     | conflict sequence number, u64 big-endian   | bincode `ConflictRecord`      |
+//! | `sm_intent`     | `header`, or chunk number u32 big-endian   | the last apply call's writes (`staged.rs`) |
 //!
 //! Node-local trees (never replicated, not in snapshots): the provisional
 //! store of LOCAL writes this node accepted and has not yet seen reconciled.
@@ -45,6 +46,8 @@ pub const READING_BLOCKS_TREE: &str = "reading_blocks";
 /// rebuilt into `reading_blocks` and dropped.
 pub const LEGACY_READINGS_TREE: &str = "readings";
 pub const REMEMBERED_TREE: &str = "remembered_requests";
+/// The intent of the last apply call (`staged.rs`).
+pub const SM_INTENT_TREE: &str = "sm_intent";
 /// One row per request id, and their order: the layout before
 /// `remembered_requests`. Found at open, they are rebuilt into it and
 /// dropped.

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod log_store;
 pub mod provisional;
 pub mod remembered;
+pub mod staged;
 pub mod state_machine;
 pub mod wal;
 

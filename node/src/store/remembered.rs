@@ -22,17 +22,17 @@
 //! one insert per entry and about one remove per entry.
 //!
 //! An apply call sees and changes the index through a [`RememberedWriter`]
-//! inside its sled transaction; the changes reach the index only after the
-//! transaction committed ([`RememberedIndex::publish`]).
+//! over its staged writes (`staged.rs`); the changes reach the index only
+//! after the call's writes committed ([`RememberedIndex::publish`]).
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
 
-use sled::transaction::ConflictableTransactionError;
-use sled::transaction::TransactionalTree;
-
 use super::keys;
 use super::keys::AppMeta;
+use super::staged::ApplyError;
+use super::staged::Staged;
+use super::staged::StateTree;
 use crate::types::WriteOutcome;
 
 /// How many request ids the state machine remembers, at least (see the
@@ -45,16 +45,6 @@ pub const MAX_REMEMBERED_REQUESTS: u64 = 100_000;
 /// A row of `remembered_requests`: one entry's ids and their outcomes.
 pub type RememberedRow = Vec<(Vec<u8>, WriteOutcome)>;
 
-type TxResult<T> = Result<T, ConflictableTransactionError<bincode::Error>>;
-
-fn tx_decode<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) -> TxResult<T> {
-    keys::decode(bytes).map_err(ConflictableTransactionError::Abort)
-}
-
-fn corrupt(detail: String) -> ConflictableTransactionError<bincode::Error> {
-    ConflictableTransactionError::Abort(Box::new(bincode::ErrorKind::Custom(detail)))
-}
-
 /// Where each remembered id is: its row's key. In memory, rebuilt from the
 /// tree; changed only by [`RememberedIndex::publish`].
 #[derive(Debug, Default)]
@@ -64,7 +54,7 @@ pub struct RememberedIndex {
     rows: VecDeque<u64>,
 }
 
-/// What one apply call changed, to publish once its transaction committed.
+/// What one apply call changed, to publish once its writes committed.
 #[derive(Debug, Default)]
 pub struct RememberedChanges {
     /// Rows written, oldest first, with their ids.
@@ -99,7 +89,7 @@ impl RememberedIndex {
         self.rows_of.is_empty()
     }
 
-    /// Applies what a committed apply call changed.
+    /// Applies what an apply call changed, once its writes committed.
     pub fn publish(&mut self, changes: RememberedChanges) {
         for (row_key, ids) in changes.added {
             for id in ids {
@@ -132,12 +122,11 @@ pub enum LoadError {
     Key(Vec<u8>),
 }
 
-/// One apply call's access to the remembered requests, inside its sled
-/// transaction. Lookups see the committed index plus what this call wrote
-/// and minus what it forgot.
+/// One apply call's access to the remembered requests, through its staged
+/// writes. Lookups see the committed index plus what this call wrote and
+/// minus what it forgot.
 pub struct RememberedWriter<'a> {
     index: &'a RememberedIndex,
-    tree: &'a TransactionalTree,
     limit: u64,
     /// Ids remembered by this call: id → row key.
     added: HashMap<Vec<u8>, u64>,
@@ -148,10 +137,9 @@ pub struct RememberedWriter<'a> {
 
 impl<'a> RememberedWriter<'a> {
     /// `limit` is [`MAX_REMEMBERED_REQUESTS`] except in tests.
-    pub fn new(index: &'a RememberedIndex, tree: &'a TransactionalTree, limit: u64) -> Self {
+    pub fn new(index: &'a RememberedIndex, limit: u64) -> Self {
         Self {
             index,
-            tree,
             limit,
             added: HashMap::new(),
             open: None,
@@ -161,7 +149,12 @@ impl<'a> RememberedWriter<'a> {
 
     /// The outcome remembered for `request_id`, if it is remembered. An
     /// empty id is never remembered.
-    pub fn lookup(&self, request_id: &[u8], app: &AppMeta) -> TxResult<Option<WriteOutcome>> {
+    pub fn lookup(
+        &self,
+        staged: &Staged,
+        request_id: &[u8],
+        app: &AppMeta,
+    ) -> Result<Option<WriteOutcome>, ApplyError> {
         if request_id.is_empty() {
             return Ok(None);
         }
@@ -186,14 +179,14 @@ impl<'a> RememberedWriter<'a> {
                 return Ok(found(row));
             }
         }
-        let Some(bytes) = self.tree.get(keys::log_index_key(row_key))? else {
-            return Err(corrupt(format!(
+        let Some(bytes) = staged.get(StateTree::Remembered, &keys::log_index_key(row_key))? else {
+            return Err(ApplyError::Corrupt(format!(
                 "remembered-requests row {row_key} is indexed but missing"
             )));
         };
-        match found(&tx_decode::<RememberedRow>(&bytes)?) {
+        match found(&keys::decode::<RememberedRow>(&bytes)?) {
             Some(outcome) => Ok(Some(outcome)),
-            None => Err(corrupt(format!(
+            None => Err(ApplyError::Corrupt(format!(
                 "remembered-requests row {row_key} does not hold an id indexed in it"
             ))),
         }
@@ -216,10 +209,13 @@ impl<'a> RememberedWriter<'a> {
 
     /// Ends an entry: writes its row, if it remembered anything, then
     /// forgets the oldest rows the retention rule lets go.
-    pub fn end_entry(&mut self, app: &mut AppMeta) -> TxResult<()> {
+    pub fn end_entry(&mut self, staged: &mut Staged, app: &mut AppMeta) -> Result<(), ApplyError> {
         if let Some((row_key, row)) = self.open.take() {
-            self.tree
-                .insert(&keys::log_index_key(row_key), keys::encode(&row))?;
+            staged.insert(
+                StateTree::Remembered,
+                keys::log_index_key(row_key),
+                keys::encode(&row),
+            );
             let ids = row.into_iter().map(|(id, _)| id).collect();
             self.changes.added.push((row_key, ids));
         }
@@ -233,12 +229,13 @@ impl<'a> RememberedWriter<'a> {
             if app.next_request_sequence - second < self.limit {
                 break;
             }
-            let Some(bytes) = self.tree.remove(&keys::log_index_key(oldest))? else {
-                return Err(corrupt(format!(
+            let Some(bytes) = staged.remove(StateTree::Remembered, &keys::log_index_key(oldest))?
+            else {
+                return Err(ApplyError::Corrupt(format!(
                     "remembered-requests row {oldest} is indexed but missing"
                 )));
             };
-            let ids = tx_decode::<RememberedRow>(&bytes)?
+            let ids = keys::decode::<RememberedRow>(&bytes)?
                 .into_iter()
                 .map(|(id, _)| id)
                 .collect();
@@ -263,7 +260,7 @@ impl<'a> RememberedWriter<'a> {
     }
 
     /// What this call changed, for [`RememberedIndex::publish`] after the
-    /// transaction commits. Every entry must have been ended.
+    /// call's writes commit. Every entry must have been ended.
     pub fn into_changes(self) -> RememberedChanges {
         debug_assert!(self.open.is_none(), "an entry was not ended");
         self.changes
@@ -292,6 +289,8 @@ mod tests {
     use super::*;
     use rand::Rng;
     use rand::SeedableRng;
+
+    use crate::store::staged;
 
     fn outcome(n: u64) -> WriteOutcome {
         WriteOutcome {
@@ -335,36 +334,54 @@ mod tests {
     }
 
     struct Store {
+        _db: sled::Db,
+        trees: staged::Trees,
         tree: sled::Tree,
         index: RememberedIndex,
         app: AppMeta,
         limit: u64,
+        commits: u64,
     }
 
     impl Store {
-        /// Applies `calls`: each a list of entries, each a list of
-        /// (id, outcome number). Returns what each write's lookup found.
+        fn new(limit: u64) -> Self {
+            let db = sled::Config::new().temporary(true).open().expect("db");
+            let open = |name: &str| db.open_tree(name).expect("tree");
+            let trees = staged::Trees {
+                trees: ["m", "k", "r", "q", "c"].map(open),
+                intent: open("intent"),
+            };
+            Self {
+                tree: trees.trees[3].clone(),
+                trees,
+                _db: db,
+                index: RememberedIndex::default(),
+                app: AppMeta::default(),
+                limit,
+                commits: 0,
+            }
+        }
+
+        /// Applies one call: a list of entries, each a list of (id, outcome
+        /// number). Returns what each write's lookup found.
         fn apply(&mut self, call: &[Vec<(Vec<u8>, u64)>]) -> Vec<Option<u64>> {
-            let (found, changes, app) = self
-                .tree
-                .transaction(|tree| {
-                    let mut app = self.app.clone();
-                    let mut writer = RememberedWriter::new(&self.index, tree, self.limit);
-                    let mut found = Vec::new();
-                    for entry in call {
-                        for (id, n) in entry {
-                            let hit = writer.lookup(id, &app)?;
-                            found.push(hit.as_ref().map(|o| o.versions[0].physical_ms));
-                            if hit.is_none() {
-                                writer.remember(id, &outcome(*n), &mut app);
-                            }
-                        }
-                        writer.end_entry(&mut app)?;
+            let mut staged = Staged::new(&self.trees);
+            let mut app = self.app.clone();
+            let mut writer = RememberedWriter::new(&self.index, self.limit);
+            let mut found = Vec::new();
+            for entry in call {
+                for (id, n) in entry {
+                    let hit = writer.lookup(&staged, id, &app).expect("lookup");
+                    found.push(hit.as_ref().map(|o| o.versions[0].physical_ms));
+                    if hit.is_none() {
+                        writer.remember(id, &outcome(*n), &mut app);
                     }
-                    Ok((found, writer.into_changes(), app))
-                })
-                .map_err(|e: sled::transaction::TransactionError<bincode::Error>| e)
-                .expect("transaction");
+                }
+                writer.end_entry(&mut staged, &mut app).expect("end entry");
+            }
+            let changes = writer.into_changes();
+            self.commits += 1;
+            staged.commit(self.commits).expect("commit");
             self.index.publish(changes);
             self.app = app;
             found
@@ -380,13 +397,7 @@ mod tests {
         for seed in 0..20u64 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let limit = rng.gen_range(1..12u64);
-            let db = sled::Config::new().temporary(true).open().expect("db");
-            let mut store = Store {
-                tree: db.open_tree("remembered").expect("tree"),
-                index: RememberedIndex::default(),
-                app: AppMeta::default(),
-                limit,
-            };
+            let mut store = Store::new(limit);
             let mut model = Model {
                 limit: limit as usize,
                 entries: VecDeque::new(),
@@ -434,13 +445,7 @@ mod tests {
     /// whole entry's ids at once.
     #[test]
     fn whole_entries_are_forgotten_once_the_later_ones_hold_the_limit() {
-        let db = sled::Config::new().temporary(true).open().expect("db");
-        let mut store = Store {
-            tree: db.open_tree("remembered").expect("tree"),
-            index: RememberedIndex::default(),
-            app: AppMeta::default(),
-            limit: 4,
-        };
+        let mut store = Store::new(4);
         let ids = |names: &[&str]| -> Vec<(Vec<u8>, u64)> {
             names.iter().map(|n| (n.as_bytes().to_vec(), 1)).collect()
         };
@@ -462,18 +467,15 @@ mod tests {
     /// silent "not remembered" (that would apply a retried write twice).
     #[test]
     fn an_indexed_row_missing_from_the_tree_is_an_error() {
-        let db = sled::Config::new().temporary(true).open().expect("db");
-        let tree = db.open_tree("remembered").expect("tree");
+        let store = Store::new(10);
         let mut index = RememberedIndex::default();
         index.rows_of.insert(b"x".to_vec().into_boxed_slice(), 0);
         index.rows.push_back(0);
-        let app = AppMeta::default();
-        let result = tree.transaction(|tx| {
-            let writer = RememberedWriter::new(&index, tx, 10);
-            writer.lookup(b"x", &app)?;
-            Ok(())
-        });
-        let error = result.expect_err("missing row");
+        let staged = Staged::new(&store.trees);
+        let writer = RememberedWriter::new(&index, 10);
+        let error = writer
+            .lookup(&staged, b"x", &AppMeta::default())
+            .expect_err("missing row");
         assert!(error.to_string().contains("indexed but missing"), "{error}");
     }
 

@@ -5,9 +5,11 @@
 //! no clock, no randomness, no node-local configuration. Every replica that
 //! applies the same log holds byte-identical trees.
 //!
-//! Each `apply` call commits one sled transaction over every state tree,
-//! including `last_applied`, so a crash never leaves half an entry applied and
-//! re-applying after a restart starts exactly where the state ends.
+//! Each `apply` call stages its writes to every state tree, including
+//! `last_applied`, and commits them atomically (`staged.rs`: an intent, then
+//! plain sled writes, redone at open if a crash cut them), so a crash never
+//! leaves half an entry applied and re-applying after a restart starts
+//! exactly where the state ends.
 //!
 //! Readings are stored in blocks of one sensor's readings (`blocks.rs`): an
 //! apply call reads each block it touches once and writes it once. Request
@@ -20,24 +22,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::RwLock;
 
-use openraft::storage::RaftStateMachine;
-use openraft::storage::Snapshot;
-use openraft::EntryPayload;
-use openraft::ErrorSubject;
-use openraft::ErrorVerb;
-use openraft::OptionalSend;
-use openraft::RaftSnapshotBuilder;
-use serde::Deserialize;
-use serde::Serialize;
-use sled::transaction::ConflictableTransactionError;
-use sled::transaction::TransactionError;
-use sled::transaction::TransactionalTree;
-use sled::Transactional;
-
 use super::blocks;
 use super::blocks::BlockError;
 use super::blocks::BlockWriter;
-use super::blocks::Prefetched;
 use super::io_err;
 use super::keys;
 use super::keys::AppMeta;
@@ -49,6 +36,10 @@ use super::keys::StoredValue;
 use super::remembered;
 use super::remembered::RememberedIndex;
 use super::remembered::RememberedWriter;
+use super::staged;
+use super::staged::ApplyError;
+use super::staged::Staged;
+use super::staged::StateTree;
 use super::Flusher;
 use crate::hlc::HybridClock;
 use crate::types::Command;
@@ -67,6 +58,15 @@ use crate::types::Version;
 use crate::types::WriteCommand;
 use crate::types::WriteOp;
 use crate::types::WriteOutcome;
+use openraft::storage::RaftStateMachine;
+use openraft::storage::Snapshot;
+use openraft::EntryPayload;
+use openraft::ErrorSubject;
+use openraft::ErrorVerb;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use serde::Deserialize;
+use serde::Serialize;
 
 pub use super::remembered::MAX_REMEMBERED_REQUESTS;
 
@@ -105,6 +105,8 @@ struct StateTrees {
     readings_gate: ReadingsGate,
     remembered: sled::Tree,
     conflicts: sled::Tree,
+    /// The trees an apply call writes, for [`Staged`], with `sm_intent`.
+    staged: staged::Trees,
 }
 
 impl StateTrees {
@@ -113,13 +115,30 @@ impl StateTrees {
             db.open_tree(name)
                 .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))
         };
+        let meta = open(keys::SM_META_TREE)?;
+        let kv = open(keys::KV_TREE)?;
+        let readings = open(keys::READING_BLOCKS_TREE)?;
+        let remembered = open(keys::REMEMBERED_TREE)?;
+        let conflicts = open(keys::CONFLICTS_TREE)?;
+        // In the order of the `StateTree` variants.
+        let staged = staged::Trees {
+            trees: [
+                meta.clone(),
+                kv.clone(),
+                readings.clone(),
+                remembered.clone(),
+                conflicts.clone(),
+            ],
+            intent: open(keys::SM_INTENT_TREE)?,
+        };
         Ok(Self {
-            meta: open(keys::SM_META_TREE)?,
-            kv: open(keys::KV_TREE)?,
-            readings: open(keys::READING_BLOCKS_TREE)?,
+            meta,
+            kv,
+            readings,
             readings_gate: ReadingsGate::default(),
-            remembered: open(keys::REMEMBERED_TREE)?,
-            conflicts: open(keys::CONFLICTS_TREE)?,
+            remembered,
+            conflicts,
+            staged,
         })
     }
 
@@ -165,6 +184,11 @@ pub struct StateMachineStore {
     remembered: RememberedIndex,
     /// [`MAX_REMEMBERED_REQUESTS`], smaller in tests.
     remembered_limit: u64,
+    /// Apply calls committed since the store opened (numbers their intents).
+    commits: u64,
+    /// Tests: apply calls stop after their intent, as if the node crashed.
+    #[cfg(test)]
+    crash_before_writes: bool,
 }
 
 /// Read access to the applied state, for the services. Reads see whatever has
@@ -174,7 +198,7 @@ pub struct ReadView {
     trees: StateTrees,
 }
 
-type TxResult<T> = Result<T, ConflictableTransactionError<bincode::Error>>;
+type ApplyResult<T> = Result<T, ApplyError>;
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
     io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e)
@@ -184,22 +208,8 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
     io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e)
 }
 
-fn tx_decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> TxResult<T> {
-    keys::decode(bytes).map_err(ConflictableTransactionError::Abort)
-}
-
 fn write_gate(gate: &RwLock<()>) -> std::sync::RwLockWriteGuard<'_, ()> {
     gate.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn tx_block(error: BlockError) -> ConflictableTransactionError<bincode::Error> {
-    match error {
-        BlockError::Storage(e) => ConflictableTransactionError::Storage(e),
-        BlockError::Decode(e) => ConflictableTransactionError::Abort(e),
-        other => ConflictableTransactionError::Abort(Box::new(bincode::ErrorKind::Custom(
-            other.to_string(),
-        ))),
-    }
 }
 
 /// DESIGN.md's merge rule for a STRONG write: it always replaces the current
@@ -249,6 +259,15 @@ impl StateMachineStore {
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(snapshot_dir).map_err(sm_write_err)?;
         let trees = StateTrees::open(db)?;
+        // Before anything reads the state. (An interrupted snapshot install,
+        // below, is redone over whatever this leaves.)
+        let redone = staged::recover(&trees.staged).map_err(sm_write_err)?;
+        if redone > 0 {
+            tracing::info!(
+                writes = redone,
+                "completed the last apply, which a crash had cut short"
+            );
+        }
         let read = |key: &[u8]| trees.meta.get(key).map_err(sm_read_err);
         let mut store = Self {
             db: db.clone(),
@@ -269,6 +288,9 @@ impl StateMachineStore {
             },
             remembered: RememberedIndex::default(),
             remembered_limit: MAX_REMEMBERED_REQUESTS,
+            commits: 0,
+            #[cfg(test)]
+            crash_before_writes: false,
             trees,
         };
         if store
@@ -419,6 +441,9 @@ impl StateMachineStore {
             .meta
             .insert(INSTALLING_KEY, &[])
             .map_err(sm_write_err)?;
+        // An apply's intent is about the state replaced here: redoing it at
+        // the next open would write an old apply over the snapshot.
+        staged::discard(&self.trees.staged).map_err(sm_write_err)?;
         for (name, tree) in self.trees.data_trees() {
             tree.clear().map_err(sm_write_err)?;
             let Some((_, rows)) = payload.trees.iter().find(|(n, _)| n == name) else {
@@ -488,91 +513,86 @@ impl StateMachineStore {
         .write(snapshot)
     }
 
-    /// Applies entries in one transaction and returns one result per entry.
+    /// Applies entries as one staged commit and returns one result per
+    /// entry.
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
+        let Some(last) = entries.last() else {
+            return Ok(Vec::new());
+        };
+        let last_applied = Some(last.log_id);
         let t = &self.trees;
-        // Read outside the transaction: sled blocks plain reads of a tree
-        // that a transaction in progress holds.
-        let written = readings_written(&entries);
-        let _gate = (!written.is_empty()).then(|| write_gate(&t.readings_gate));
-        let committed_blocks = Prefetched::read(&t.readings, written).map_err(sm_read_err)?;
-        let start_app = self.app.clone();
-        let start_membership = self.last_membership.clone();
-        let outcome = (&t.meta, &t.kv, &t.readings, &t.remembered, &t.conflicts).transaction(
-            |(meta, kv, readings, remembered, conflicts)| {
-                let mut applier = Applier {
-                    kv,
-                    readings: BlockWriter::new(&committed_blocks),
-                    remembered: RememberedWriter::new(
-                        &self.remembered,
-                        remembered,
-                        self.remembered_limit,
-                    ),
-                    conflicts,
-                    app: start_app.clone(),
-                    log_index: 0,
-                };
-                let mut membership = start_membership.clone();
-                let mut last_applied = None;
-                let mut results = Vec::with_capacity(entries.len());
-                for entry in &entries {
-                    last_applied = Some(entry.log_id);
-                    applier.log_index = entry.log_id.index;
-                    let result = match &entry.payload {
-                        EntryPayload::Blank => CommandResult::None,
-                        EntryPayload::Membership(m) => {
-                            membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                            CommandResult::None
-                        }
-                        EntryPayload::Normal(Command::Write(write)) => {
-                            CommandResult::Write(applier.strong_write(write)?)
-                        }
-                        EntryPayload::Normal(Command::Writes(writes)) => {
-                            let mut outcomes = Vec::with_capacity(writes.len());
-                            for write in writes {
-                                outcomes.push(applier.strong_write(write)?);
-                            }
-                            CommandResult::Writes(outcomes)
-                        }
-                        EntryPayload::Normal(Command::Reconcile { origin, writes }) => {
-                            CommandResult::Reconciled(applier.reconcile(*origin, writes)?)
-                        }
-                    };
-                    applier.remembered.end_entry(&mut applier.app)?;
-                    results.push(result);
+        let writes_readings = entries.iter().any(entry_writes_readings);
+        let _gate = writes_readings.then(|| write_gate(&t.readings_gate));
+        let mut applier = Applier {
+            staged: Staged::new(&t.staged),
+            readings: BlockWriter::new(&t.readings),
+            remembered: RememberedWriter::new(&self.remembered, self.remembered_limit),
+            app: self.app.clone(),
+            log_index: 0,
+        };
+        let mut membership = self.last_membership.clone();
+        let mut results = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            applier.log_index = entry.log_id.index;
+            let result = match &entry.payload {
+                EntryPayload::Blank => Ok(CommandResult::None),
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    Ok(CommandResult::None)
                 }
-                let Applier {
-                    app,
-                    readings: blocks,
-                    remembered,
-                    ..
-                } = applier;
-                for (key, block) in blocks.into_dirty() {
-                    readings.insert(key, block)?;
+                EntryPayload::Normal(Command::Write(write)) => {
+                    applier.strong_write(write).map(CommandResult::Write)
                 }
-                meta.insert(keys::LAST_APPLIED_KEY, keys::encode(&last_applied))?;
-                meta.insert(keys::LAST_MEMBERSHIP_KEY, keys::encode(&membership))?;
-                meta.insert(keys::APP_META_KEY, keys::encode(&app))?;
-                Ok((
-                    results,
-                    app,
-                    membership,
-                    last_applied,
-                    remembered.into_changes(),
-                ))
-            },
-        );
-        let (results, app, membership, last_applied, remembered) =
-            outcome.map_err(|e| match e {
-                TransactionError::Abort(e) => sm_write_err(e),
-                TransactionError::Storage(e) => sm_write_err(e),
-            })?;
-        if last_applied.is_some() {
-            self.last_applied = last_applied;
+                EntryPayload::Normal(Command::Writes(writes)) => writes
+                    .iter()
+                    .map(|write| applier.strong_write(write))
+                    .collect::<Result<_, _>>()
+                    .map(CommandResult::Writes),
+                EntryPayload::Normal(Command::Reconcile { origin, writes }) => applier
+                    .reconcile(*origin, writes)
+                    .map(CommandResult::Reconciled),
+            };
+            results.push(result.map_err(sm_write_err)?);
+            applier
+                .remembered
+                .end_entry(&mut applier.staged, &mut applier.app)
+                .map_err(sm_write_err)?;
         }
+        let Applier {
+            mut staged,
+            readings: blocks,
+            remembered,
+            app,
+            ..
+        } = applier;
+        for (key, block) in blocks.into_dirty() {
+            staged.insert(StateTree::Readings, key, block);
+        }
+        staged.insert(
+            StateTree::Meta,
+            keys::LAST_APPLIED_KEY,
+            keys::encode(&last_applied),
+        );
+        staged.insert(
+            StateTree::Meta,
+            keys::LAST_MEMBERSHIP_KEY,
+            keys::encode(&membership),
+        );
+        staged.insert(StateTree::Meta, keys::APP_META_KEY, keys::encode(&app));
+        let changes = remembered.into_changes();
+        self.commits += 1;
+        #[cfg(test)]
+        if self.crash_before_writes {
+            staged
+                .write_intent_only(self.commits)
+                .map_err(sm_write_err)?;
+            return Err(sm_write_err(std::io::Error::other("simulated crash")));
+        }
+        staged.commit(self.commits).map_err(sm_write_err)?;
+        self.last_applied = last_applied;
         self.last_membership = membership;
         self.app = app;
-        self.remembered.publish(remembered);
+        self.remembered.publish(changes);
         self.clock.observe(self.app.max_version);
         Ok(results)
     }
@@ -612,34 +632,25 @@ fn load_remembered_rows(
     Ok(())
 }
 
-/// The (sensor, timestamp) of every reading the entries write.
-fn readings_written(entries: &[Entry]) -> Vec<(&str, u64)> {
-    let ops = entries.iter().flat_map(|entry| -> Vec<&WriteOp> {
-        match &entry.payload {
-            EntryPayload::Normal(Command::Write(write)) => vec![&write.op],
-            EntryPayload::Normal(Command::Writes(writes)) => writes.iter().map(|w| &w.op).collect(),
-            EntryPayload::Normal(Command::Reconcile { writes, .. }) => {
-                writes.iter().map(|w| &w.op).collect()
-            }
-            _ => Vec::new(),
+/// Whether applying the entry may write readings.
+fn entry_writes_readings(entry: &Entry) -> bool {
+    let is_readings = |op: &WriteOp| matches!(op, WriteOp::PutReadings(_));
+    match &entry.payload {
+        EntryPayload::Normal(Command::Write(write)) => is_readings(&write.op),
+        EntryPayload::Normal(Command::Writes(writes)) => writes.iter().any(|w| is_readings(&w.op)),
+        EntryPayload::Normal(Command::Reconcile { writes, .. }) => {
+            writes.iter().any(|w| is_readings(&w.op))
         }
-    });
-    let mut readings = Vec::new();
-    for op in ops {
-        if let WriteOp::PutReadings(batch) = op {
-            readings.extend(batch.iter().map(|r| (r.sensor_id.as_str(), r.timestamp_ms)));
-        }
+        _ => false,
     }
-    readings
 }
 
-/// Applies commands inside one apply transaction. Reading blocks are changed
-/// in memory and written into the transaction at its end.
+/// Applies commands of one apply call into its staged writes. Reading
+/// blocks are changed in memory and staged at the end of the call.
 struct Applier<'a> {
-    kv: &'a TransactionalTree,
-    readings: BlockWriter<'a, Prefetched>,
+    staged: Staged<'a>,
+    readings: BlockWriter<'a>,
     remembered: RememberedWriter<'a>,
-    conflicts: &'a TransactionalTree,
     app: AppMeta,
     /// The index of the entry being applied.
     log_index: u64,
@@ -654,8 +665,8 @@ struct Writer {
 }
 
 impl Applier<'_> {
-    fn remembered(&self, request_id: &[u8]) -> TxResult<Option<WriteOutcome>> {
-        self.remembered.lookup(request_id, &self.app)
+    fn remembered(&self, request_id: &[u8]) -> ApplyResult<Option<WriteOutcome>> {
+        self.remembered.lookup(&self.staged, request_id, &self.app)
     }
 
     fn remember(&mut self, request_id: &[u8], outcome: &WriteOutcome) {
@@ -663,7 +674,7 @@ impl Applier<'_> {
     }
 
     /// A STRONG write (including compare-and-set), deduplicated by request id.
-    fn strong_write(&mut self, write: &WriteCommand) -> TxResult<WriteOutcome> {
+    fn strong_write(&mut self, write: &WriteCommand) -> ApplyResult<WriteOutcome> {
         if let Some(outcome) = self.remembered(&write.request_id)? {
             return Ok(WriteOutcome {
                 deduplicated: true,
@@ -686,7 +697,7 @@ impl Applier<'_> {
         &mut self,
         origin: NodeId,
         writes: &[ProvisionalWrite],
-    ) -> TxResult<ReconcileOutcome> {
+    ) -> ApplyResult<ReconcileOutcome> {
         let mut outcome = ReconcileOutcome::default();
         for write in writes {
             let high_water = self.app.reconciled_seq.get(&origin).copied().unwrap_or(0);
@@ -722,7 +733,7 @@ impl Applier<'_> {
         op: &WriteOp,
         version: Version,
         writer: Writer,
-    ) -> TxResult<WriteOutcome> {
+    ) -> ApplyResult<WriteOutcome> {
         let mut outcome = WriteOutcome::default();
         match op {
             WriteOp::PutReadings(batch) => {
@@ -730,7 +741,7 @@ impl Applier<'_> {
                 for reading in batch {
                     keys::set_sensor_prefix(&mut prefix, &reading.sensor_id);
                     let ts = reading.timestamp_ms;
-                    let current = self.readings.version(&prefix, ts).map_err(tx_block)?;
+                    let current = self.readings.version(&prefix, ts)?;
                     let kept = match merge_decision(writer.rule, version, current) {
                         MergeDecision::Replace(version) => {
                             let row = ReadingRow {
@@ -741,7 +752,7 @@ impl Applier<'_> {
                                     version,
                                 },
                             };
-                            self.readings.put(&prefix, row).map_err(tx_block)?;
+                            self.readings.put(&prefix, row)?;
                             version
                         }
                         MergeDecision::Superseded { winner } => {
@@ -787,9 +798,9 @@ impl Applier<'_> {
         Ok(outcome)
     }
 
-    fn current_value(&self, key: &[u8]) -> TxResult<Option<StoredValue>> {
-        match self.kv.get(key)? {
-            Some(bytes) => Ok(Some(tx_decode::<StoredValue>(&bytes)?)),
+    fn current_value(&self, key: &[u8]) -> ApplyResult<Option<StoredValue>> {
+        match self.staged.get(StateTree::Kv, key)? {
+            Some(bytes) => Ok(Some(keys::decode::<StoredValue>(&bytes)?)),
             None => Ok(None),
         }
     }
@@ -802,18 +813,19 @@ impl Applier<'_> {
         version: Version,
         writer: Writer,
         outcome: &mut WriteOutcome,
-    ) -> TxResult<()> {
+    ) -> ApplyResult<()> {
         let current = self.current_value(key)?;
         outcome.existed = current.as_ref().is_some_and(|c| c.value.is_some());
         match merge_decision(writer.rule, version, current.map(|c| c.version)) {
             MergeDecision::Replace(version) => {
-                self.kv.insert(
+                self.staged.insert(
+                    StateTree::Kv,
                     key,
                     keys::encode(&StoredValue {
                         value: value.cloned(),
                         version,
                     }),
-                )?;
+                );
                 outcome.versions.push(version);
             }
             MergeDecision::Superseded { winner } => {
@@ -832,7 +844,7 @@ impl Applier<'_> {
         loser: Version,
         winner: Version,
         writer: Writer,
-    ) -> TxResult<()> {
+    ) -> ApplyResult<()> {
         let record = ConflictRecord {
             target,
             loser,
@@ -841,12 +853,17 @@ impl Applier<'_> {
             log_index: self.log_index,
         };
         let sequence = self.app.conflicts_total;
-        self.conflicts
-            .insert(&keys::log_index_key(sequence), keys::encode(&record))?;
+        self.staged.insert(
+            StateTree::Conflicts,
+            keys::log_index_key(sequence),
+            keys::encode(&record),
+        );
         self.app.conflicts_total += 1;
         while self.app.conflicts_total - self.app.oldest_conflict_sequence > MAX_CONFLICT_RECORDS {
-            self.conflicts
-                .remove(&keys::log_index_key(self.app.oldest_conflict_sequence))?;
+            self.staged.remove(
+                StateTree::Conflicts,
+                &keys::log_index_key(self.app.oldest_conflict_sequence),
+            )?;
             self.app.oldest_conflict_sequence += 1;
         }
         Ok(())
@@ -1299,6 +1316,55 @@ mod tests {
             apply_puts(&mut store, 3, &["a", "c", "d"]),
             vec![(true, v(1, 0, 1)), (true, v(2, 0, 1)), (false, v(3, 0, 1))]
         );
+    }
+
+    /// A crash after an apply call's intent and before its writes: the next
+    /// open completes the call (its writes, `last_applied`, its request
+    /// ids). After a snapshot install, an intent from before it is not
+    /// redone over the snapshot.
+    #[tokio::test]
+    async fn an_apply_cut_short_is_completed_at_open_unless_a_snapshot_replaced_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snap = dir.path().join("snap");
+        let db = open_db(dir.path());
+        let (mut store, _exit) = open_store(&db, &snap);
+        apply_puts(&mut store, 1, &["a"]);
+        store.crash_before_writes = true;
+        assert!(store
+            .apply_entries(vec![puts_entry(2, &["b", "d"])])
+            .is_err());
+        let get = |store: &StateMachineStore, key: &str| {
+            let value = store.read_view().get(key.as_bytes()).expect("get");
+            value.map(|v| v.version)
+        };
+        assert_eq!(get(&store, "b"), None, "nothing written before the crash");
+        drop(store);
+        let (mut store, _exit) = open_store(&db, &snap);
+        assert_eq!(store.last_applied.map(|id| id.index), Some(2));
+        assert_eq!(get(&store, "b"), Some(v(2, 0, 1)));
+        assert_eq!(get(&store, "d"), Some(v(2, 0, 1)));
+        assert_eq!(
+            apply_puts(&mut store, 3, &["b"]),
+            vec![(true, v(2, 0, 1))],
+            "the completed call's request ids are remembered"
+        );
+
+        let other = tempfile::tempdir().expect("tempdir");
+        let other_db = open_db(other.path());
+        let (mut source, _other_exit) = open_store(&other_db, &other.path().join("snap"));
+        apply_puts(&mut source, 1, &["z"]);
+        let payload = keys::encode(&source.copy_state().expect("copy"));
+        store.crash_before_writes = true;
+        assert!(store.apply_entries(vec![puts_entry(4, &["c"])]).is_err());
+        store.crash_before_writes = false;
+        store
+            .load_snapshot(&SnapshotMeta::default(), &payload)
+            .expect("install");
+        drop(store);
+        let (store, _exit) = open_store(&db, &snap);
+        assert_eq!(get(&store, "c"), None, "the old intent was discarded");
+        assert_eq!(get(&store, "a"), None);
+        assert_eq!(get(&store, "z"), Some(v(1, 0, 1)));
     }
 
     /// The request-id table of older builds (a data directory, or a
