@@ -8,11 +8,14 @@
 //! ids `k..k'`, where `k'` is the next row's key (or
 //! `AppMeta::next_request_sequence` for the newest row).
 //!
-//! Retention is by whole rows, in apply order: after each entry the oldest
-//! row is forgotten while the rows after it still hold at least
-//! [`MAX_REMEMBERED_REQUESTS`] ids. So between that many and that many plus
-//! one entry's ids are remembered, and since entries are the same on every
-//! replica, every replica remembers the same ids.
+//! Retention is per id, by sequence number alone: an id is remembered while
+//! its sequence is among the last [`MAX_REMEMBERED_REQUESTS`]
+//! (`AppMeta::oldest_request_sequence` is the cutoff, moved at every id
+//! remembered). Sequence numbers are the same on every replica, however the
+//! ids were grouped into rows (a data directory migrated from the
+//! row-per-id layout at another log index groups them differently), so
+//! every replica remembers the same ids. A row is deleted once all its ids
+//! are below the cutoff.
 //!
 //! The ids themselves are looked up in memory ([`RememberedIndex`]: id → row
 //! key), which is rebuilt from the tree when the store opens and after a
@@ -35,11 +38,11 @@ use super::staged::Staged;
 use super::staged::StateTree;
 use crate::types::WriteOutcome;
 
-/// How many request ids the state machine remembers, at least (see the
-/// module doc: at most this many plus one entry's ids). At ~100 bytes an id
-/// this bounds the table near 10 MB and the in-memory index to a few MB; a
-/// client retrying a write older than the last 100k writes is not
-/// protected.
+/// How many request ids the state machine remembers: the last this many.
+/// At ~100 bytes an id this bounds the table near 10 MB and the in-memory
+/// index to a few MB (rows partly below the cutoff hold up to one entry's
+/// ids more); a client retrying a write older than the last 100k writes is
+/// not protected.
 pub const MAX_REMEMBERED_REQUESTS: u64 = 100_000;
 
 /// A row of `remembered_requests`: one entry's ids and their outcomes.
@@ -165,31 +168,34 @@ impl<'a> RememberedWriter<'a> {
         else {
             return Ok(None);
         };
-        // Rows below the oldest kept sequence were forgotten by this call.
-        if row_key < app.oldest_request_sequence {
-            return Ok(None);
-        }
-        let found = |row: &RememberedRow| {
-            row.iter()
-                .find(|(id, _)| id == request_id)
-                .map(|(_, outcome)| outcome.clone())
-        };
+        // The id's sequence is its row's key plus its place in the row: the
+        // last place, as an id forgotten within one entry (a small limit)
+        // can be remembered again in the same row.
+        let remembered =
+            |row: &RememberedRow| match row.iter().rposition(|(id, _)| id == request_id) {
+                Some(place) if row_key + place as u64 >= app.oldest_request_sequence => {
+                    Ok(Some(row[place].1.clone()))
+                }
+                Some(_) => Ok(None),
+                None => Err(ApplyError::Corrupt(format!(
+                    "remembered-requests row {row_key} does not hold an id indexed in it"
+                ))),
+            };
         if let Some((open_key, row)) = &self.open {
             if *open_key == row_key {
-                return Ok(found(row));
+                return remembered(row);
             }
         }
         let Some(bytes) = staged.get(StateTree::Remembered, &keys::log_index_key(row_key))? else {
+            // Deleted by this call: all its ids were below the cutoff.
+            if row_key < app.oldest_request_sequence {
+                return Ok(None);
+            }
             return Err(ApplyError::Corrupt(format!(
                 "remembered-requests row {row_key} is indexed but missing"
             )));
         };
-        match found(&keys::decode::<RememberedRow>(&bytes)?) {
-            Some(outcome) => Ok(Some(outcome)),
-            None => Err(ApplyError::Corrupt(format!(
-                "remembered-requests row {row_key} does not hold an id indexed in it"
-            ))),
-        }
+        remembered(&keys::decode::<RememberedRow>(&bytes)?)
     }
 
     /// Remembers `request_id`'s outcome in the current entry's row. The
@@ -205,10 +211,13 @@ impl<'a> RememberedWriter<'a> {
         row.push((request_id.to_vec(), outcome.clone()));
         self.added.insert(request_id.to_vec(), *row_key);
         app.next_request_sequence += 1;
+        app.oldest_request_sequence = app
+            .oldest_request_sequence
+            .max(app.next_request_sequence.saturating_sub(self.limit));
     }
 
     /// Ends an entry: writes its row, if it remembered anything, then
-    /// forgets the oldest rows the retention rule lets go.
+    /// deletes the oldest rows whose ids are all below the cutoff.
     pub fn end_entry(&mut self, staged: &mut Staged, app: &mut AppMeta) -> Result<(), ApplyError> {
         if let Some((row_key, row)) = self.open.take() {
             staged.insert(
@@ -221,12 +230,14 @@ impl<'a> RememberedWriter<'a> {
         }
         loop {
             let forgotten = self.changes.forgotten.len();
-            let (Some(oldest), Some(second)) =
-                (self.row_key(forgotten), self.row_key(forgotten + 1))
-            else {
+            let Some(oldest) = self.row_key(forgotten) else {
                 break;
             };
-            if app.next_request_sequence - second < self.limit {
+            // The row holds the sequences up to the next row's key.
+            let end = self
+                .row_key(forgotten + 1)
+                .unwrap_or(app.next_request_sequence);
+            if end > app.oldest_request_sequence {
                 break;
             }
             let Some(bytes) = staged.remove(StateTree::Remembered, &keys::log_index_key(oldest))?
@@ -240,10 +251,6 @@ impl<'a> RememberedWriter<'a> {
                 .map(|(id, _)| id)
                 .collect();
             self.changes.forgotten.push((oldest, ids));
-            app.oldest_request_sequence = second;
-        }
-        if self.row_key(self.changes.forgotten.len()).is_none() {
-            app.oldest_request_sequence = app.next_request_sequence;
         }
         Ok(())
     }
@@ -303,33 +310,28 @@ mod tests {
         }
     }
 
-    /// The documented rule, written plainly: every id of every entry, in
-    /// order; forget the oldest entry's ids while the later entries still
-    /// hold `limit` ids.
+    /// The documented rule, written plainly: every remembered id with its
+    /// sequence; an id is remembered while its sequence is among the last
+    /// `limit`.
     struct Model {
-        limit: usize,
-        entries: VecDeque<Vec<(Vec<u8>, u64)>>,
+        limit: u64,
+        next: u64,
+        ids: Vec<(Vec<u8>, u64, u64)>,
     }
 
     impl Model {
-        fn lookup(&self, id: &[u8], open: &[(Vec<u8>, u64)]) -> Option<u64> {
-            self.entries
+        fn lookup(&self, id: &[u8]) -> Option<u64> {
+            let cutoff = self.next.saturating_sub(self.limit);
+            self.ids
                 .iter()
-                .chain(std::iter::once(&open.to_vec()))
-                .flatten()
-                .find(|(known, _)| known == id)
-                .map(|(_, n)| *n)
+                .rev()
+                .find(|(known, sequence, _)| known == id && *sequence >= cutoff)
+                .map(|(_, _, n)| *n)
         }
 
-        fn end_entry(&mut self, entry: Vec<(Vec<u8>, u64)>) {
-            if !entry.is_empty() {
-                self.entries.push_back(entry);
-            }
-            while self.entries.len() > 1
-                && self.entries.iter().skip(1).map(Vec::len).sum::<usize>() >= self.limit
-            {
-                self.entries.pop_front();
-            }
+        fn remember(&mut self, id: &[u8], n: u64) {
+            self.ids.push((id.to_vec(), self.next, n));
+            self.next += 1;
         }
     }
 
@@ -399,8 +401,9 @@ mod tests {
             let limit = rng.gen_range(1..12u64);
             let mut store = Store::new(limit);
             let mut model = Model {
-                limit: limit as usize,
-                entries: VecDeque::new(),
+                limit,
+                next: 0,
+                ids: Vec::new(),
             };
             let mut n = 0;
             for _ in 0..150 {
@@ -415,52 +418,60 @@ mod tests {
                     })
                     .collect();
                 let mut expected = Vec::new();
-                for entry in &call {
-                    let mut open = Vec::new();
-                    for (id, n) in entry {
-                        let hit = model.lookup(id, &open);
-                        expected.push(hit);
-                        if hit.is_none() {
-                            open.push((id.clone(), *n));
-                        }
+                for (id, n) in call.iter().flatten() {
+                    let hit = model.lookup(id);
+                    expected.push(hit);
+                    if hit.is_none() {
+                        model.remember(id, *n);
                     }
-                    model.end_entry(open);
                 }
                 assert_eq!(store.apply(&call), expected, "seed {seed}");
-                let remembered: usize = model.entries.iter().map(Vec::len).sum();
-                assert_eq!(store.index.len(), remembered, "seed {seed}");
+                assert_eq!(store.app.next_request_sequence, model.next);
                 assert_eq!(
-                    store.app.next_request_sequence - store.app.oldest_request_sequence,
-                    remembered as u64
+                    store.app.oldest_request_sequence,
+                    model.next.saturating_sub(limit)
                 );
+                // Rows go once all their ids are forgotten: at most one
+                // entry's ids (5) beyond the limit stay indexed.
+                assert!(store.index.len() < limit as usize + 5, "seed {seed}");
             }
             let reloaded = RememberedIndex::load(&store.tree).expect("load");
             assert_eq!(reloaded.rows_of, store.index.rows_of, "seed {seed}");
             assert_eq!(reloaded.rows, store.index.rows, "seed {seed}");
-            assert_eq!(store.tree.len(), model.entries.len());
+            assert_eq!(store.tree.len(), store.index.rows.len());
         }
     }
 
-    /// At the limit, the table keeps at least `limit` ids and forgets a
-    /// whole entry's ids at once.
+    /// Ids are forgotten one by one, by sequence, even while their row is
+    /// kept for younger ids; the row goes once all its ids are forgotten.
     #[test]
-    fn whole_entries_are_forgotten_once_the_later_ones_hold_the_limit() {
+    fn ids_are_forgotten_one_by_one_and_rows_once_all_their_ids_are() {
         let mut store = Store::new(4);
-        let ids = |names: &[&str]| -> Vec<(Vec<u8>, u64)> {
-            names.iter().map(|n| (n.as_bytes().to_vec(), 1)).collect()
+        let ids = |names: &[(&str, u64)]| -> Vec<(Vec<u8>, u64)> {
+            names
+                .iter()
+                .map(|(id, n)| (id.as_bytes().to_vec(), *n))
+                .collect()
         };
-        store.apply(&[ids(&["a", "b", "c"]), ids(&["d", "e"])]);
-        // 5 ids; forgetting [a b c] would leave 2 < 4.
-        assert_eq!(store.index.len(), 5);
-        store.apply(&[ids(&["f", "g"])]);
-        // [d e] + [f g] hold 4: [a b c] goes.
-        assert_eq!(store.index.len(), 4);
-        assert_eq!(store.apply(&[ids(&["a", "d"])]), vec![None, Some(1)]);
-        // "a" was remembered again and "d" answered from the table. [d e]
-        // stays: [f g] + [a] hold only 3.
-        assert_eq!(store.index.len(), 5);
-        assert_eq!(store.app.oldest_request_sequence, 3);
-        assert_eq!(store.app.next_request_sequence, 8);
+        // Sequences a=0 b=1 c=2 (row 0), d=3 e=4 (row 3): "a" is forgotten.
+        store.apply(&[
+            ids(&[("a", 10), ("b", 11), ("c", 12)]),
+            ids(&[("d", 13), ("e", 14)]),
+        ]);
+        assert_eq!(store.app.oldest_request_sequence, 1);
+        // "a" is applied again (sequence 5, so "b" goes); "c" is still known.
+        assert_eq!(
+            store.apply(&[ids(&[("a", 20), ("c", 21)])]),
+            vec![None, Some(12)]
+        );
+        assert_eq!(store.index.rows.len(), 3, "row 0 still holds c");
+        assert_eq!(store.apply(&[ids(&[("b", 30)])]), vec![None]);
+        // Sequence 6 moved the cutoff to 3: all of row 0 is forgotten.
+        assert_eq!(store.index.rows, [3, 5, 6]);
+        assert_eq!(
+            store.apply(&[ids(&[("a", 40), ("c", 41)])]),
+            vec![Some(20), None]
+        );
     }
 
     /// A row that the index names but the tree lacks is an error, not a

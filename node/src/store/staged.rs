@@ -37,9 +37,15 @@ use serde::Serialize;
 use super::blocks::BlockError;
 use super::keys;
 
-/// Most bytes of writes in one intent chunk row: far below sled's blob
-/// threshold (a quarter of a 512 KiB segment), so chunks stay in sled's log.
-pub const INTENT_CHUNK_BYTES: usize = 64 * 1024;
+/// Most bytes of writes in one intent chunk row (a single bigger write gets
+/// a chunk of its own). sled splits a leaf only past 16 entries and writes a
+/// node above a quarter of its 512 KiB segment as a separate blob file, so
+/// a leaf of 16 such chunks (96 KiB) stays in sled's log.
+pub const INTENT_CHUNK_BYTES: usize = 6 * 1024;
+
+/// A staged write's encoded size beyond its key and value (tree tag,
+/// lengths, option tag), for [`INTENT_CHUNK_BYTES`].
+const INTENT_WRITE_OVERHEAD_BYTES: usize = 32;
 
 /// The trees an apply call writes. [`Trees::trees`] holds them in the
 /// order of these variants.
@@ -178,7 +184,17 @@ impl<'a> Staged<'a> {
     fn into_writes(mut self) -> Vec<Write> {
         let mut writes = Vec::new();
         for tree in StateTree::COMMIT_ORDER {
-            let staged = std::mem::take(&mut self.writes[tree.index()]);
+            let mut staged: Vec<_> = std::mem::take(&mut self.writes[tree.index()])
+                .into_iter()
+                .collect();
+            if tree == StateTree::Readings {
+                // A split leaves a block's head under its key and moves the
+                // tail to a new block with a greater key. Greatest key first,
+                // so the new block is there before its source is cut: a
+                // reader of a sensor's last block (`latest`, which takes no
+                // gate) never misses the tail.
+                staged.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            }
             writes.extend(staged.into_iter().map(|(key, value)| (tree, key, value)));
         }
         writes
@@ -206,7 +222,7 @@ fn write_intent(trees: &Trees, commit: u64, writes: &[Write]) -> Result<(), Appl
     let mut start = 0;
     let mut bytes = 0;
     for (i, (_, key, value)) in writes.iter().enumerate() {
-        let size = 16 + key.len() + value.as_ref().map_or(0, Vec::len);
+        let size = INTENT_WRITE_OVERHEAD_BYTES + key.len() + value.as_ref().map_or(0, Vec::len);
         if bytes + size > INTENT_CHUNK_BYTES && i > start {
             write_chunk(&writes[start..i])?;
             start = i;
@@ -375,6 +391,34 @@ mod tests {
         assert!(
             kv(&trees).iter().all(|(k, _)| k != b"half"),
             "no torn write"
+        );
+    }
+
+    #[test]
+    fn reading_blocks_are_written_greatest_key_first_and_meta_last() {
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let trees = trees(&db);
+        let mut staged = Staged::new(&trees);
+        staged.insert(StateTree::Meta, b"last".to_vec(), vec![1]);
+        for key in [3u8, 9, 1, 7] {
+            staged.insert(StateTree::Readings, vec![key], vec![key]);
+        }
+        staged.insert(StateTree::Kv, b"k".to_vec(), vec![2]);
+        let writes = staged.into_writes();
+        let order: Vec<_> = writes
+            .iter()
+            .map(|(tree, key, _)| (*tree, key.clone()))
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (StateTree::Kv, b"k".to_vec()),
+                (StateTree::Readings, vec![9]),
+                (StateTree::Readings, vec![7]),
+                (StateTree::Readings, vec![3]),
+                (StateTree::Readings, vec![1]),
+                (StateTree::Meta, b"last".to_vec()),
+            ]
         );
     }
 

@@ -19,6 +19,8 @@
 use std::io::Cursor;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::RwLock;
 
@@ -107,6 +109,9 @@ struct StateTrees {
     conflicts: sled::Tree,
     /// The trees an apply call writes, for [`Staged`], with `sm_intent`.
     staged: staged::Trees,
+    /// Set when an apply call's commit failed part-way: the trees may hold
+    /// part of it until the open redoes it, so reads refuse from then on.
+    failed: Arc<AtomicBool>,
 }
 
 impl StateTrees {
@@ -139,6 +144,7 @@ impl StateTrees {
             remembered,
             conflicts,
             staged,
+            failed: Arc::default(),
         })
     }
 
@@ -374,9 +380,11 @@ impl StateMachineStore {
     }
 
     fn drop_legacy_request_trees(&self) -> Result<(), StorageError> {
+        // `request_ids` last: while it exists the migration runs again and
+        // drops whatever is left.
         for legacy in [
-            keys::LEGACY_REQUEST_IDS_TREE,
             keys::LEGACY_REQUEST_ORDER_TREE,
+            keys::LEGACY_REQUEST_IDS_TREE,
         ] {
             if self.has_tree(legacy) {
                 self.db.drop_tree(legacy).map_err(sm_write_err)?;
@@ -588,7 +596,12 @@ impl StateMachineStore {
                 .map_err(sm_write_err)?;
             return Err(sm_write_err(std::io::Error::other("simulated crash")));
         }
-        staged.commit(self.commits).map_err(sm_write_err)?;
+        if let Err(error) = staged.commit(self.commits) {
+            // openraft stops on this error; until the node restarts (and
+            // the open redoes the intent) no read may see the half commit.
+            self.trees.failed.store(true, Ordering::Release);
+            return Err(sm_write_err(error));
+        }
         self.last_applied = last_applied;
         self.last_membership = membership;
         self.app = app;
@@ -999,8 +1012,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 }
 
 impl ReadView {
+    /// An error once an apply failed part-way through its commit.
+    fn usable(&self) -> Result<(), StorageError> {
+        if self.trees.failed.load(Ordering::Acquire) {
+            return Err(sm_read_err(std::io::Error::other(
+                "an apply failed part-way through writing the state; restart the node to complete it",
+            )));
+        }
+        Ok(())
+    }
+
     /// The state machine's own bookkeeping (reconciled seqs, conflict count).
     pub fn app_meta(&self) -> Result<AppMeta, StorageError> {
+        self.usable()?;
         match self
             .trees
             .meta
@@ -1014,6 +1038,7 @@ impl ReadView {
 
     /// The newest `limit` conflict records, newest first.
     pub fn conflicts(&self, limit: usize) -> Result<Vec<ConflictRecord>, StorageError> {
+        self.usable()?;
         self.trees
             .conflicts
             .iter()
@@ -1027,6 +1052,7 @@ impl ReadView {
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageError> {
+        self.usable()?;
         match self.trees.kv.get(key).map_err(sm_read_err)? {
             Some(bytes) => keys::decode(&bytes).map(Some).map_err(sm_read_err),
             None => Ok(None),
@@ -1034,6 +1060,7 @@ impl ReadView {
     }
 
     pub fn latest_reading(&self, sensor_id: &str) -> Result<Option<ReadingRow>, StorageError> {
+        self.usable()?;
         blocks::latest(&self.trees.readings, &keys::sensor_prefix(sensor_id)).map_err(sm_read_err)
     }
 
@@ -1046,6 +1073,7 @@ impl ReadView {
         limit: usize,
         descending: bool,
     ) -> Result<Vec<ReadingRow>, StorageError> {
+        self.usable()?;
         let _gate = self
             .trees
             .readings_gate
