@@ -33,8 +33,8 @@ use std::collections::VecDeque;
 
 use super::keys;
 use super::keys::AppMeta;
-use super::staged::ApplyError;
 use super::staged::Staged;
+use super::staged::StateError;
 use super::staged::StateTree;
 use crate::types::WriteOutcome;
 
@@ -69,27 +69,22 @@ pub struct RememberedChanges {
 
 impl RememberedIndex {
     /// Reads every row of `tree`.
-    pub fn load(tree: &sled::Tree) -> Result<Self, LoadError> {
+    pub fn load(tree: &sled::Tree) -> Result<Self, StateError> {
         let mut index = Self::default();
         for row in tree.iter() {
-            let (key, value) = row.map_err(LoadError::Storage)?;
-            let row_key = keys::decode_u64(&key).ok_or_else(|| LoadError::Key(key.to_vec()))?;
-            let requests: RememberedRow = keys::decode(&value).map_err(LoadError::Decode)?;
+            let (key, value) = row?;
+            let row_key = keys::decode_u64(&key).ok_or_else(|| {
+                StateError::Corrupt(format!(
+                    "a remembered-requests key that is not a sequence number: {key:?}"
+                ))
+            })?;
+            let requests: RememberedRow = keys::decode(&value)?;
             for (id, _) in requests {
                 index.rows_of.insert(id.into_boxed_slice(), row_key);
             }
             index.rows.push_back(row_key);
         }
         Ok(index)
-    }
-
-    /// The number of ids indexed.
-    pub fn len(&self) -> usize {
-        self.rows_of.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows_of.is_empty()
     }
 
     /// Applies what an apply call changed, once its writes committed.
@@ -112,17 +107,6 @@ impl RememberedIndex {
             }
         }
     }
-}
-
-/// Why the index could not be built from the tree.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("reading remembered requests: {0}")]
-    Storage(#[from] sled::Error),
-    #[error("a remembered-requests row that does not decode: {0}")]
-    Decode(bincode::Error),
-    #[error("a remembered-requests key that is not a sequence number: {0:?}")]
-    Key(Vec<u8>),
 }
 
 /// One apply call's access to the remembered requests, through its staged
@@ -157,7 +141,7 @@ impl<'a> RememberedWriter<'a> {
         staged: &Staged,
         request_id: &[u8],
         app: &AppMeta,
-    ) -> Result<Option<WriteOutcome>, ApplyError> {
+    ) -> Result<Option<WriteOutcome>, StateError> {
         if request_id.is_empty() {
             return Ok(None);
         }
@@ -177,7 +161,7 @@ impl<'a> RememberedWriter<'a> {
                     Ok(Some(row[place].1.clone()))
                 }
                 Some(_) => Ok(None),
-                None => Err(ApplyError::Corrupt(format!(
+                None => Err(StateError::Corrupt(format!(
                     "remembered-requests row {row_key} does not hold an id indexed in it"
                 ))),
             };
@@ -191,7 +175,7 @@ impl<'a> RememberedWriter<'a> {
             if row_key < app.oldest_request_sequence {
                 return Ok(None);
             }
-            return Err(ApplyError::Corrupt(format!(
+            return Err(StateError::Corrupt(format!(
                 "remembered-requests row {row_key} is indexed but missing"
             )));
         };
@@ -218,7 +202,7 @@ impl<'a> RememberedWriter<'a> {
 
     /// Ends an entry: writes its row, if it remembered anything, then
     /// deletes the oldest rows whose ids are all below the cutoff.
-    pub fn end_entry(&mut self, staged: &mut Staged, app: &mut AppMeta) -> Result<(), ApplyError> {
+    pub fn end_entry(&mut self, staged: &mut Staged, app: &mut AppMeta) -> Result<(), StateError> {
         if let Some((row_key, row)) = self.open.take() {
             staged.insert(
                 StateTree::Remembered,
@@ -242,7 +226,7 @@ impl<'a> RememberedWriter<'a> {
             }
             let Some(bytes) = staged.remove(StateTree::Remembered, &keys::log_index_key(oldest))?
             else {
-                return Err(ApplyError::Corrupt(format!(
+                return Err(StateError::Corrupt(format!(
                     "remembered-requests row {oldest} is indexed but missing"
                 )));
             };
@@ -279,12 +263,11 @@ impl<'a> RememberedWriter<'a> {
 /// own, keyed by its sequence, which keeps the retention order.
 pub fn rows_from_legacy(
     legacy: impl IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), sled::Error>>,
-) -> Result<Vec<(u64, RememberedRow)>, LoadError> {
+) -> Result<Vec<(u64, RememberedRow)>, StateError> {
     let mut rows = Vec::new();
     for row in legacy {
         let (id, value) = row?;
-        let remembered: keys::RememberedRequest =
-            keys::decode(&value).map_err(LoadError::Decode)?;
+        let remembered: keys::RememberedRequest = keys::decode(&value)?;
         rows.push((remembered.sequence, vec![(id, remembered.outcome)]));
     }
     rows.sort_unstable_by_key(|(sequence, _)| *sequence);
@@ -348,13 +331,9 @@ mod tests {
     impl Store {
         fn new(limit: u64) -> Self {
             let db = sled::Config::new().temporary(true).open().expect("db");
-            let open = |name: &str| db.open_tree(name).expect("tree");
-            let trees = staged::Trees {
-                trees: ["m", "k", "r", "q", "c"].map(open),
-                intent: open("intent"),
-            };
+            let trees = staged::Trees::open(&db).expect("trees");
             Self {
-                tree: trees.trees[3].clone(),
+                tree: trees.remembered.clone(),
                 trees,
                 _db: db,
                 index: RememberedIndex::default(),
@@ -433,7 +412,10 @@ mod tests {
                 );
                 // Rows go once all their ids are forgotten: at most one
                 // entry's ids (5) beyond the limit stay indexed.
-                assert!(store.index.len() < limit as usize + 5, "seed {seed}");
+                assert!(
+                    store.index.rows_of.len() < limit as usize + 5,
+                    "seed {seed}"
+                );
             }
             let reloaded = RememberedIndex::load(&store.tree).expect("load");
             assert_eq!(reloaded.rows_of, store.index.rows_of, "seed {seed}");

@@ -47,8 +47,7 @@ pub const INTENT_CHUNK_BYTES: usize = 6 * 1024;
 /// lengths, option tag), for [`INTENT_CHUNK_BYTES`].
 const INTENT_WRITE_OVERHEAD_BYTES: usize = 32;
 
-/// The trees an apply call writes. [`Trees::trees`] holds them in the
-/// order of these variants.
+/// The trees an apply call writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StateTree {
     Meta,
@@ -98,9 +97,10 @@ fn chunk_key(chunk: u32) -> [u8; 4] {
     chunk.to_be_bytes()
 }
 
-/// Why an apply call (or the recovery of one) failed.
+/// Why reading or writing the state trees failed: in an apply call, its
+/// recovery, or loading what the state machine keeps in memory.
 #[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
+pub enum StateError {
     #[error(transparent)]
     Storage(#[from] sled::Error),
     #[error("stored state that does not decode: {0}")]
@@ -112,15 +112,38 @@ pub enum ApplyError {
 }
 
 /// The state trees, with the intent tree, for staging and committing.
+/// Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Trees {
-    pub trees: [sled::Tree; 5],
+    pub meta: sled::Tree,
+    pub kv: sled::Tree,
+    pub readings: sled::Tree,
+    pub remembered: sled::Tree,
+    pub conflicts: sled::Tree,
+    /// `sm_intent`: the last commit's intent.
     pub intent: sled::Tree,
 }
 
 impl Trees {
+    pub fn open(db: &sled::Db) -> sled::Result<Self> {
+        Ok(Self {
+            meta: db.open_tree(keys::SM_META_TREE)?,
+            kv: db.open_tree(keys::KV_TREE)?,
+            readings: db.open_tree(keys::READING_BLOCKS_TREE)?,
+            remembered: db.open_tree(keys::REMEMBERED_TREE)?,
+            conflicts: db.open_tree(keys::CONFLICTS_TREE)?,
+            intent: db.open_tree(keys::SM_INTENT_TREE)?,
+        })
+    }
+
     fn tree(&self, tree: StateTree) -> &sled::Tree {
-        &self.trees[tree.index()]
+        match tree {
+            StateTree::Meta => &self.meta,
+            StateTree::Kv => &self.kv,
+            StateTree::Readings => &self.readings,
+            StateTree::Remembered => &self.remembered,
+            StateTree::Conflicts => &self.conflicts,
+        }
     }
 }
 
@@ -140,7 +163,7 @@ impl<'a> Staged<'a> {
     }
 
     /// The value of `key` in `tree` as this call left it.
-    pub fn get(&self, tree: StateTree, key: &[u8]) -> Result<Option<sled::IVec>, ApplyError> {
+    pub fn get(&self, tree: StateTree, key: &[u8]) -> Result<Option<sled::IVec>, StateError> {
         match self.writes[tree.index()].get(key) {
             Some(staged) => Ok(staged.as_deref().map(sled::IVec::from)),
             None => Ok(self.trees.tree(tree).get(key)?),
@@ -156,7 +179,7 @@ impl<'a> Staged<'a> {
         &mut self,
         tree: StateTree,
         key: &[u8],
-    ) -> Result<Option<sled::IVec>, ApplyError> {
+    ) -> Result<Option<sled::IVec>, StateError> {
         let old = self.get(tree, key)?;
         self.writes[tree.index()].insert(key.to_vec(), None);
         Ok(old)
@@ -164,7 +187,7 @@ impl<'a> Staged<'a> {
 
     /// Writes the intent, then every write. `commit` numbers this commit
     /// among the store's commits since it opened (each a different number).
-    pub fn commit(self, commit: u64) -> Result<(), ApplyError> {
+    pub fn commit(self, commit: u64) -> Result<(), StateError> {
         let trees = self.trees;
         let writes = self.into_writes();
         if writes.is_empty() {
@@ -176,7 +199,7 @@ impl<'a> Staged<'a> {
 
     /// A crash between the intent and the writes, for tests.
     #[cfg(test)]
-    pub fn write_intent_only(self, commit: u64) -> Result<(), ApplyError> {
+    pub fn write_intent_only(self, commit: u64) -> Result<(), StateError> {
         let trees = self.trees;
         write_intent(trees, commit, &self.into_writes())
     }
@@ -210,10 +233,10 @@ struct IntentChunkRef<'w> {
 
 /// Writes `writes` as chunks of at most [`INTENT_CHUNK_BYTES`] (or one
 /// write), then the header that names them.
-fn write_intent(trees: &Trees, commit: u64, writes: &[Write]) -> Result<(), ApplyError> {
+fn write_intent(trees: &Trees, commit: u64, writes: &[Write]) -> Result<(), StateError> {
     let intent = &trees.intent;
     let mut chunks = 0u32;
-    let mut write_chunk = |writes: &[Write]| -> Result<(), ApplyError> {
+    let mut write_chunk = |writes: &[Write]| -> Result<(), StateError> {
         let row = IntentChunkRef { commit, writes };
         intent.insert(chunk_key(chunks), keys::encode(&row))?;
         chunks += 1;
@@ -235,7 +258,7 @@ fn write_intent(trees: &Trees, commit: u64, writes: &[Write]) -> Result<(), Appl
     Ok(())
 }
 
-fn apply_writes(trees: &Trees, writes: Vec<Write>) -> Result<(), ApplyError> {
+fn apply_writes(trees: &Trees, writes: Vec<Write>) -> Result<(), StateError> {
     for (tree, key, value) in writes {
         let tree = trees.tree(tree);
         match value {
@@ -249,42 +272,38 @@ fn apply_writes(trees: &Trees, writes: Vec<Write>) -> Result<(), ApplyError> {
 /// At open: redoes the intent of the last commit if all of it is there (see
 /// the module doc), then empties the intent tree, so commit numbers can
 /// start over. Returns the number of writes redone.
-pub fn recover(trees: &Trees) -> Result<usize, ApplyError> {
-    let intent = &trees.intent;
-    let mut redone = 0;
-    if let Some(header) = intent.get(HEADER_KEY)? {
-        let header: IntentHeader = keys::decode(&header)?;
-        let mut writes = Vec::new();
-        let mut complete = true;
-        for chunk in 0..header.chunks {
-            match intent.get(chunk_key(chunk))? {
-                Some(bytes) => {
-                    let chunk: IntentChunk = keys::decode(&bytes)?;
-                    if chunk.commit != header.commit {
-                        // A later commit's chunks were being written: this
-                        // header's commit was complete before they started.
-                        complete = false;
-                        break;
-                    }
-                    writes.extend(chunk.writes);
-                }
-                None => {
-                    complete = false;
-                    break;
-                }
-            }
-        }
-        if complete {
-            redone = writes.len();
-            apply_writes(trees, writes)?;
-        }
-    }
-    intent.clear()?;
+pub fn recover(trees: &Trees) -> Result<usize, StateError> {
+    let writes = complete_intent(&trees.intent)?.unwrap_or_default();
+    let redone = writes.len();
+    apply_writes(trees, writes)?;
+    trees.intent.clear()?;
     Ok(redone)
 }
 
+/// The writes of the intent the header names, if every chunk of it is
+/// there. A chunk of another commit means a later commit's chunks were
+/// being written: the header's commit was complete before they started.
+fn complete_intent(intent: &sled::Tree) -> Result<Option<Vec<Write>>, StateError> {
+    let Some(header) = intent.get(HEADER_KEY)? else {
+        return Ok(None);
+    };
+    let header: IntentHeader = keys::decode(&header)?;
+    let mut writes = Vec::new();
+    for chunk in 0..header.chunks {
+        let Some(bytes) = intent.get(chunk_key(chunk))? else {
+            return Ok(None);
+        };
+        let chunk: IntentChunk = keys::decode(&bytes)?;
+        if chunk.commit != header.commit {
+            return Ok(None);
+        }
+        writes.extend(chunk.writes);
+    }
+    Ok(Some(writes))
+}
+
 /// Forgets any intent: a snapshot install replaces the state it was about.
-pub fn discard(trees: &Trees) -> Result<(), ApplyError> {
+pub fn discard(trees: &Trees) -> Result<(), StateError> {
     trees.intent.clear()?;
     Ok(())
 }
@@ -294,11 +313,7 @@ mod tests {
     use super::*;
 
     fn trees(db: &sled::Db) -> Trees {
-        let open = |name: &str| db.open_tree(name).expect("tree");
-        Trees {
-            trees: ["m", "k", "r", "q", "c"].map(open),
-            intent: open("intent"),
-        }
+        Trees::open(db).expect("trees")
     }
 
     fn kv(trees: &Trees) -> Vec<(Vec<u8>, Vec<u8>)> {

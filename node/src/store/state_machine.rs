@@ -39,8 +39,8 @@ use super::remembered;
 use super::remembered::RememberedIndex;
 use super::remembered::RememberedWriter;
 use super::staged;
-use super::staged::ApplyError;
 use super::staged::Staged;
+use super::staged::StateError;
 use super::staged::StateTree;
 use super::Flusher;
 use crate::hlc::HybridClock;
@@ -98,17 +98,12 @@ const SNAPSHOT_LOAD_BATCH_ROWS: usize = 10_000;
 /// not at all. Point reads (`latest`) read one row and need no gate.
 type ReadingsGate = Arc<RwLock<()>>;
 
-/// The trees that make up the state. Cheap to clone.
+/// The trees that make up the state, and what guards reading them. Cheap to
+/// clone.
 #[derive(Clone, Debug)]
 struct StateTrees {
-    meta: sled::Tree,
-    kv: sled::Tree,
-    readings: sled::Tree,
+    state: staged::Trees,
     readings_gate: ReadingsGate,
-    remembered: sled::Tree,
-    conflicts: sled::Tree,
-    /// The trees an apply call writes, for [`Staged`], with `sm_intent`.
-    staged: staged::Trees,
     /// Set when an apply call's commit failed part-way: the trees may hold
     /// part of it until the open redoes it, so reads refuse from then on.
     failed: Arc<AtomicBool>,
@@ -116,45 +111,22 @@ struct StateTrees {
 
 impl StateTrees {
     fn open(db: &sled::Db) -> Result<Self, StorageError> {
-        let open = |name| {
-            db.open_tree(name)
-                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))
-        };
-        let meta = open(keys::SM_META_TREE)?;
-        let kv = open(keys::KV_TREE)?;
-        let readings = open(keys::READING_BLOCKS_TREE)?;
-        let remembered = open(keys::REMEMBERED_TREE)?;
-        let conflicts = open(keys::CONFLICTS_TREE)?;
-        // In the order of the `StateTree` variants.
-        let staged = staged::Trees {
-            trees: [
-                meta.clone(),
-                kv.clone(),
-                readings.clone(),
-                remembered.clone(),
-                conflicts.clone(),
-            ],
-            intent: open(keys::SM_INTENT_TREE)?,
-        };
         Ok(Self {
-            meta,
-            kv,
-            readings,
+            state: staged::Trees::open(db)
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?,
             readings_gate: ReadingsGate::default(),
-            remembered,
-            conflicts,
-            staged,
             failed: Arc::default(),
         })
     }
 
     /// The trees whose rows a snapshot carries verbatim.
     fn data_trees(&self) -> [(&'static str, &sled::Tree); 4] {
+        let state = &self.state;
         [
-            (keys::KV_TREE, &self.kv),
-            (keys::READING_BLOCKS_TREE, &self.readings),
-            (keys::REMEMBERED_TREE, &self.remembered),
-            (keys::CONFLICTS_TREE, &self.conflicts),
+            (keys::KV_TREE, &state.kv),
+            (keys::READING_BLOCKS_TREE, &state.readings),
+            (keys::REMEMBERED_TREE, &state.remembered),
+            (keys::CONFLICTS_TREE, &state.conflicts),
         ]
     }
 }
@@ -204,7 +176,7 @@ pub struct ReadView {
     trees: StateTrees,
 }
 
-type ApplyResult<T> = Result<T, ApplyError>;
+type ApplyResult<T> = Result<T, StateError>;
 
 fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError {
     io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e)
@@ -267,14 +239,14 @@ impl StateMachineStore {
         let trees = StateTrees::open(db)?;
         // Before anything reads the state. (An interrupted snapshot install,
         // below, is redone over whatever this leaves.)
-        let redone = staged::recover(&trees.staged).map_err(sm_write_err)?;
+        let redone = staged::recover(&trees.state).map_err(sm_write_err)?;
         if redone > 0 {
             tracing::info!(
                 writes = redone,
                 "completed the last apply, which a crash had cut short"
             );
         }
-        let read = |key: &[u8]| trees.meta.get(key).map_err(sm_read_err);
+        let read = |key: &[u8]| trees.state.meta.get(key).map_err(sm_read_err);
         let mut store = Self {
             db: db.clone(),
             flusher,
@@ -301,6 +273,7 @@ impl StateMachineStore {
         };
         if store
             .trees
+            .state
             .meta
             .contains_key(INSTALLING_KEY)
             .map_err(sm_read_err)?
@@ -317,7 +290,8 @@ impl StateMachineStore {
         }
         store.migrate_legacy_readings()?;
         store.migrate_legacy_requests()?;
-        store.remembered = RememberedIndex::load(&store.trees.remembered).map_err(sm_read_err)?;
+        store.remembered =
+            RememberedIndex::load(&store.trees.state.remembered).map_err(sm_read_err)?;
         store.clock.observe(store.app.max_version);
         Ok(store)
     }
@@ -332,9 +306,9 @@ impl StateMachineStore {
         }
         let legacy = keys::LEGACY_READINGS_TREE;
         let old = self.db.open_tree(legacy).map_err(sm_read_err)?;
-        self.trees.readings.clear().map_err(sm_write_err)?;
+        self.trees.state.readings.clear().map_err(sm_write_err)?;
         let count = blocks::rebuild(
-            &self.trees.readings,
+            &self.trees.state.readings,
             old.iter()
                 .map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec()))),
         )
@@ -361,14 +335,14 @@ impl StateMachineStore {
             .db
             .open_tree(keys::LEGACY_REQUEST_IDS_TREE)
             .map_err(sm_read_err)?;
-        self.trees.remembered.clear().map_err(sm_write_err)?;
+        self.trees.state.remembered.clear().map_err(sm_write_err)?;
         let rows = remembered::rows_from_legacy(
             old.iter()
                 .map(|row| row.map(|(k, v)| (k.to_vec(), v.to_vec()))),
         )
         .map_err(sm_read_err)?;
         let count = rows.len();
-        load_remembered_rows(&self.trees.remembered, rows)?;
+        load_remembered_rows(&self.trees.state.remembered, rows)?;
         self.db.flush().map_err(sm_write_err)?;
         self.drop_legacy_request_trees()?;
         self.db.flush().map_err(sm_write_err)?;
@@ -446,24 +420,19 @@ impl StateMachineStore {
         let gate = self.trees.readings_gate.clone();
         let _gate = write_gate(&gate);
         self.trees
+            .state
             .meta
             .insert(INSTALLING_KEY, &[])
             .map_err(sm_write_err)?;
         // An apply's intent is about the state replaced here: redoing it at
         // the next open would write an old apply over the snapshot.
-        staged::discard(&self.trees.staged).map_err(sm_write_err)?;
+        staged::discard(&self.trees.state).map_err(sm_write_err)?;
         for (name, tree) in self.trees.data_trees() {
             tree.clear().map_err(sm_write_err)?;
             let Some((_, rows)) = payload.trees.iter().find(|(n, _)| n == name) else {
                 continue;
             };
-            for chunk in rows.chunks(SNAPSHOT_LOAD_BATCH_ROWS) {
-                let mut batch = sled::Batch::default();
-                for (key, value) in chunk {
-                    batch.insert(key.as_slice(), value.as_slice());
-                }
-                tree.apply_batch(batch).map_err(sm_write_err)?;
-            }
+            insert_in_batches(tree, rows.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))?;
         }
         if let Some(at) = payload
             .trees
@@ -472,7 +441,7 @@ impl StateMachineStore {
         {
             let (_, rows) = payload.trees.swap_remove(at);
             blocks::rebuild(
-                &self.trees.readings,
+                &self.trees.state.readings,
                 rows.into_iter().map(Ok::<_, BlockError>),
             )
             .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
@@ -485,7 +454,7 @@ impl StateMachineStore {
             let (_, rows) = payload.trees.swap_remove(at);
             let rows = remembered::rows_from_legacy(rows.into_iter().map(Ok))
                 .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
-            load_remembered_rows(&self.trees.remembered, rows)?;
+            load_remembered_rows(&self.trees.state.remembered, rows)?;
         }
         // Trees an older build left are superseded by the snapshot; dropped
         // before the marker, so a crash here redoes the install rather than
@@ -496,7 +465,8 @@ impl StateMachineStore {
                 .map_err(sm_write_err)?;
         }
         self.drop_legacy_request_trees()?;
-        self.remembered = RememberedIndex::load(&self.trees.remembered).map_err(sm_read_err)?;
+        self.remembered =
+            RememberedIndex::load(&self.trees.state.remembered).map_err(sm_read_err)?;
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         self.app = payload.app;
@@ -508,7 +478,11 @@ impl StateMachineStore {
         );
         batch.insert(keys::APP_META_KEY, keys::encode(&self.app));
         batch.remove(INSTALLING_KEY);
-        self.trees.meta.apply_batch(batch).map_err(sm_write_err)?;
+        self.trees
+            .state
+            .meta
+            .apply_batch(batch)
+            .map_err(sm_write_err)?;
         self.db.flush().map_err(sm_write_err)?;
         self.clock.observe(self.app.max_version);
         Ok(())
@@ -532,8 +506,8 @@ impl StateMachineStore {
         let writes_readings = entries.iter().any(entry_writes_readings);
         let _gate = writes_readings.then(|| write_gate(&t.readings_gate));
         let mut applier = Applier {
-            staged: Staged::new(&t.staged),
-            readings: BlockWriter::new(&t.readings),
+            staged: Staged::new(&t.state),
+            readings: BlockWriter::new(&t.state.readings),
             remembered: RememberedWriter::new(&self.remembered, self.remembered_limit),
             app: self.app.clone(),
             log_index: 0,
@@ -629,20 +603,37 @@ impl StateMachineStore {
     }
 }
 
-/// Writes rebuilt remembered-request rows (a migration or an older
-/// snapshot), a bounded batch at a time.
-fn load_remembered_rows(
+/// Writes rows into `tree`, [`SNAPSHOT_LOAD_BATCH_ROWS`] per sled batch.
+fn insert_in_batches<K, V>(
     tree: &sled::Tree,
-    rows: Vec<(u64, remembered::RememberedRow)>,
-) -> Result<(), StorageError> {
-    for chunk in rows.chunks(SNAPSHOT_LOAD_BATCH_ROWS) {
+    rows: impl IntoIterator<Item = (K, V)>,
+) -> Result<(), StorageError>
+where
+    K: Into<sled::IVec>,
+    V: Into<sled::IVec>,
+{
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
         let mut batch = sled::Batch::default();
-        for (sequence, row) in chunk {
-            batch.insert(&keys::log_index_key(*sequence), keys::encode(row));
+        for (key, value) in rows.by_ref().take(SNAPSHOT_LOAD_BATCH_ROWS) {
+            batch.insert(key, value);
         }
         tree.apply_batch(batch).map_err(sm_write_err)?;
     }
     Ok(())
+}
+
+/// Writes rebuilt remembered-request rows (a migration or an older
+/// snapshot).
+fn load_remembered_rows(
+    tree: &sled::Tree,
+    rows: Vec<(u64, remembered::RememberedRow)>,
+) -> Result<(), StorageError> {
+    insert_in_batches(
+        tree,
+        rows.iter()
+            .map(|(sequence, row)| (keys::log_index_key(*sequence).to_vec(), keys::encode(row))),
+    )
 }
 
 /// Whether applying the entry may write readings.
@@ -1027,6 +1018,7 @@ impl ReadView {
         self.usable()?;
         match self
             .trees
+            .state
             .meta
             .get(keys::APP_META_KEY)
             .map_err(sm_read_err)?
@@ -1040,6 +1032,7 @@ impl ReadView {
     pub fn conflicts(&self, limit: usize) -> Result<Vec<ConflictRecord>, StorageError> {
         self.usable()?;
         self.trees
+            .state
             .conflicts
             .iter()
             .rev()
@@ -1053,7 +1046,7 @@ impl ReadView {
 
     pub fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageError> {
         self.usable()?;
-        match self.trees.kv.get(key).map_err(sm_read_err)? {
+        match self.trees.state.kv.get(key).map_err(sm_read_err)? {
             Some(bytes) => keys::decode(&bytes).map(Some).map_err(sm_read_err),
             None => Ok(None),
         }
@@ -1061,7 +1054,8 @@ impl ReadView {
 
     pub fn latest_reading(&self, sensor_id: &str) -> Result<Option<ReadingRow>, StorageError> {
         self.usable()?;
-        blocks::latest(&self.trees.readings, &keys::sensor_prefix(sensor_id)).map_err(sm_read_err)
+        blocks::latest(&self.trees.state.readings, &keys::sensor_prefix(sensor_id))
+            .map_err(sm_read_err)
     }
 
     /// Up to `limit` readings of a sensor with `from_ms <= ts <= to_ms`, in
@@ -1080,7 +1074,7 @@ impl ReadView {
             .read()
             .unwrap_or_else(|e| e.into_inner());
         blocks::range(
-            &self.trees.readings,
+            &self.trees.state.readings,
             &keys::sensor_prefix(sensor_id),
             (from_ms, to_ms),
             limit,
