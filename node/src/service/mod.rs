@@ -134,10 +134,6 @@ pub fn merge_token(
 }
 
 impl NodeContext {
-    fn metrics(&self) -> openraft::RaftMetrics<NodeId, openraft::BasicNode> {
-        self.raft.metrics().borrow().clone()
-    }
-
     pub fn applied_index(&self) -> u64 {
         self.raft
             .metrics()
@@ -175,11 +171,17 @@ impl NodeContext {
     /// Ok when this node is the leader and heard from a quorum within an
     /// election timeout; otherwise the error a client should see at once.
     pub fn check_leader_quorum(&self) -> Result<(), ApiError> {
-        let metrics = self.metrics();
-        if metrics.state != ServerState::Leader {
+        // Read in place: cloning the metrics (maps of replication and
+        // heartbeat progress) on every write showed in the leader's profile.
+        let (state, millis_since_quorum_ack) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (metrics.state, metrics.millis_since_quorum_ack)
+        };
+        if state != ServerState::Leader {
             return Err(self.not_leader());
         }
-        match metrics.millis_since_quorum_ack {
+        match millis_since_quorum_ack {
             Some(ms) if ms > self.timing.election_timeout_max_ms => Err(ApiError::NoQuorum {
                 node: self.id,
                 detail: format!(
@@ -193,11 +195,16 @@ impl NodeContext {
 
     /// The base of every response's metadata.
     fn meta(&self, session: v1::SessionToken) -> v1::ResponseMeta {
-        let metrics = self.raft.metrics().borrow().clone();
+        let (applied_index, term) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let applied = metrics.last_applied.map(|id| id.index).unwrap_or(0);
+            (applied, metrics.current_term)
+        };
         v1::ResponseMeta {
             served_by: self.id,
-            applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
-            term: metrics.current_term,
+            applied_index,
+            term,
             session: Some(session),
             ..Default::default()
         }

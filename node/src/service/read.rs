@@ -219,13 +219,18 @@ impl NodeContext {
     /// An upper bound on how far this node's applied state is behind the
     /// leader, in ms, when the node can prove one.
     pub fn staleness_bound_ms(&self) -> Option<u64> {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.state == ServerState::Leader {
-            return metrics.millis_since_quorum_ack;
+        let (state, millis_since_quorum_ack, applied, term) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let applied = metrics.last_applied.map(|l| l.index).unwrap_or(0);
+            let since = metrics.millis_since_quorum_ack;
+            (metrics.state, since, applied, metrics.current_term)
+        };
+        if state == ServerState::Leader {
+            return millis_since_quorum_ack;
         }
         let contact = self.leader_contact.last()?;
-        let applied = metrics.last_applied.map(|l| l.index).unwrap_or(0);
-        (contact.term == metrics.current_term && applied >= contact.leader_commit)
+        (contact.term == term && applied >= contact.leader_commit)
             .then(|| contact.at.elapsed().as_millis() as u64)
     }
 

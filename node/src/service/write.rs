@@ -138,8 +138,9 @@ impl NodeContext {
             }
         };
         tokio::pin!(write);
-        let mut watchdog =
-            tokio::time::interval(Duration::from_millis(self.timing.heartbeat_interval_ms));
+        // The quorum was just checked: the first look is one period away.
+        let period = Duration::from_millis(self.timing.heartbeat_interval_ms);
+        let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tokio::select! {
                 result = &mut write => return result,
