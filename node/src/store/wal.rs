@@ -18,11 +18,19 @@
 //! a torn or corrupt tail of the *last* segment (a crash during a write that
 //! was never acknowledged) is cut off, anything wrong elsewhere is an error.
 //! Readers get records with `pread`, so they never block on a sync.
+//!
+//! Segments are written over zeros: an append that passes the zeroed end of
+//! the file first extends it with [`WAL_ZERO_AHEAD_BYTES`] of zeros, and
+//! records are written in place. Appending to a file changes its size, so
+//! every `fdatasync` had to commit ext4's journal, and in ordered mode that
+//! commit waits for other files' new blocks (sled's); writing over blocks
+//! the file already has needs no journal commit. A zero tail (no header can
+//! be all zeros: its checksum would not match) is the end of a segment's
+//! records wherever it is; any other bad tail is torn or corrupt, as above.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::path::PathBuf;
@@ -34,6 +42,9 @@ pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// The largest payload a record may carry (an entry is bounded far below
 /// this by the gRPC message limits; a larger length field means corruption).
 pub const WAL_MAX_RECORD_BYTES: u32 = 256 * 1024 * 1024;
+
+/// How far ahead of the last record a segment is filled with zeros.
+pub const WAL_ZERO_AHEAD_BYTES: u64 = 1024 * 1024;
 
 const HEADER_BYTES: u64 = 16;
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -49,7 +60,9 @@ struct Location {
 struct Segment {
     file: Arc<File>,
     path: PathBuf,
+    /// Bytes of records; after them the file holds zeros up to `zeroed`.
     len: u64,
+    zeroed: u64,
 }
 
 pub struct Wal {
@@ -159,8 +172,11 @@ impl Wal {
             let bytes = std::fs::read(&path)?;
             let (records, valid_len) = scan(&bytes);
             let is_last = i + 1 == count;
-            let len = match valid_len {
-                None => bytes.len() as u64,
+            let zero_tail =
+                valid_len.is_some_and(|valid| bytes[valid as usize..].iter().all(|b| *b == 0));
+            let (len, zeroed) = match valid_len {
+                None => (bytes.len() as u64, bytes.len() as u64),
+                Some(valid) if zero_tail => (valid, bytes.len() as u64),
                 Some(valid) if is_last => {
                     tracing::warn!(
                         segment = %path.display(),
@@ -170,7 +186,7 @@ impl Wal {
                     let file = OpenOptions::new().write(true).open(&path)?;
                     file.set_len(valid)?;
                     file.sync_all()?;
-                    valid
+                    (valid, valid)
                 }
                 Some(valid) => {
                     return Err(corrupt(format!(
@@ -197,13 +213,14 @@ impl Wal {
                     },
                 );
             }
-            let file = OpenOptions::new().read(true).append(true).open(&path)?;
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
             wal.segments.insert(
                 first,
                 Segment {
                     file: Arc::new(file),
                     path,
                     len,
+                    zeroed,
                 },
             );
         }
@@ -248,9 +265,9 @@ impl Wal {
             let path = self.dir.join(segment_name(*first));
             let file = OpenOptions::new()
                 .read(true)
-                .append(true)
+                .write(true)
                 .create(true)
-                .truncate(false)
+                .truncate(true)
                 .open(&path)?;
             self.segments.insert(
                 *first,
@@ -258,6 +275,7 @@ impl Wal {
                     file: Arc::new(file),
                     path,
                     len: 0,
+                    zeroed: 0,
                 },
             );
             self.dir_changed = true;
@@ -286,9 +304,19 @@ impl Wal {
             ));
         }
         let file = active.file.clone();
-        (&*file).write_all(&buf)?;
+        let end = active.len + buf.len() as u64;
+        file.write_all_at(&buf, active.len)?;
+        let mut zeroed = active.zeroed;
+        if end > zeroed {
+            // The next megabyte of appends will write over these zeros.
+            let from = zeroed.max(end);
+            let to = (end / WAL_ZERO_AHEAD_BYTES + 1) * WAL_ZERO_AHEAD_BYTES;
+            file.write_all_at(&vec![0u8; (to - from) as usize], from)?;
+            zeroed = to;
+        }
         if let Some(active) = self.segments.get_mut(&segment_first) {
-            active.len += buf.len() as u64;
+            active.len = end;
+            active.zeroed = zeroed;
         }
         self.index.extend(locations);
         if !self.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
@@ -347,6 +375,7 @@ impl Wal {
             segment.file.set_len(cut_at)?;
             segment.file.sync_all()?;
             segment.len = cut_at;
+            segment.zeroed = cut_at;
         }
         sync_dir(&self.dir)
     }
@@ -442,13 +471,14 @@ mod tests {
     #[test]
     fn torn_tail_of_last_segment_is_cut_and_corruption_elsewhere_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
+        let full = {
             let mut wal = Wal::open(dir.path()).expect("open");
             append_range(&mut wal, 1, 3);
-        }
+            wal.segments[&1].len
+        };
         let path = dir.path().join(segment_name(1));
-        let full = std::fs::metadata(&path).expect("meta").len();
-        // A crash in the middle of writing record 3.
+        // A crash in the middle of writing record 3 (the zeros after it are
+        // gone too: the write tore the file's end).
         OpenOptions::new()
             .write(true)
             .open(&path)
@@ -474,6 +504,57 @@ mod tests {
         let err = Wal::open(dir.path())
             .err()
             .expect("corrupt middle segment refused");
+        assert!(err.to_string().contains("is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn segments_are_written_over_zeros_and_a_zero_tail_ends_any_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = dir.path().join(segment_name(1));
+        {
+            let mut wal = Wal::open(dir.path()).expect("open");
+            append_range(&mut wal, 1, 10);
+            let segment = &wal.segments[&1];
+            assert!(segment.len < WAL_ZERO_AHEAD_BYTES);
+            assert_eq!(segment.zeroed, WAL_ZERO_AHEAD_BYTES);
+            let size = std::fs::metadata(&first).expect("meta").len();
+            assert_eq!(size, WAL_ZERO_AHEAD_BYTES, "zeros ahead of the records");
+            // Appends in the zeroed range do not change the file's size.
+            append_range(&mut wal, 11, 20);
+            assert_eq!(std::fs::metadata(&first).expect("meta").len(), size);
+            // An append that passes the zeroed end extends it.
+            let big = vec![7u8; WAL_ZERO_AHEAD_BYTES as usize];
+            wal.append(&[(21, big.clone())]).expect("append");
+            wal.take_unsynced().run().expect("sync");
+            assert_eq!(wal.segments[&1].zeroed, 2 * WAL_ZERO_AHEAD_BYTES);
+            assert_eq!(wal.read(21..=21).expect("read"), vec![(21, big)]);
+            // Close this segment with its zero tail; the next one starts.
+            wal.segments.last_entry().expect("active").get_mut().len = WAL_SEGMENT_BYTES;
+            append_range(&mut wal, 22, 23);
+            assert_eq!(wal.segments.len(), 2);
+        }
+        // The zero tail of the first (not last) segment is not corruption,
+        // and the last segment's zeros are kept for the next appends.
+        {
+            let mut wal = Wal::open(dir.path()).expect("reopen");
+            assert_eq!((wal.first_index(), wal.last_index()), (Some(1), Some(23)));
+            let last = wal.segments.last_key_value().expect("active").1;
+            assert!(last.zeroed > last.len);
+            append_range(&mut wal, 24, 30);
+        }
+        let wal = Wal::open(dir.path()).expect("reopen");
+        assert_eq!(wal.last_index(), Some(30));
+        assert_eq!(wal.read(24..=24).expect("read"), vec![(24, payload(24))]);
+        assert_eq!(wal.read(5..=5).expect("read"), vec![(5, payload(5))]);
+        drop(wal);
+        // A byte that is not zero in that tail is corruption.
+        let mut bytes = std::fs::read(&first).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] = 1;
+        std::fs::write(&first, bytes).expect("write");
+        let err = Wal::open(dir.path())
+            .err()
+            .expect("garbage after records refused");
         assert!(err.to_string().contains("is corrupt"), "{err}");
     }
 
