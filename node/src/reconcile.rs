@@ -92,10 +92,7 @@ pub fn spawn(ctx: Arc<NodeContext>, mut stop: watch::Receiver<bool>) -> JoinHand
                     let delay = rand::thread_rng().gen_range(ceiling / 2..=ceiling);
                     // A new leader (a healed partition, a finished election)
                     // ends the backoff at once: that is when a retry works.
-                    let then = {
-                        let m = ctx.raft.metrics().borrow().clone();
-                        (m.current_leader, m.current_term)
-                    };
+                    let then = ctx.with_metrics(|m| (m.current_leader, m.current_term));
                     let mut metrics = ctx.raft.metrics();
                     let new_leader = metrics.wait_for(|m| {
                         m.current_leader.is_some() && (m.current_leader, m.current_term) != then

@@ -134,26 +134,27 @@ pub fn merge_token(
 }
 
 impl NodeContext {
+    /// Reads openraft's metrics in place. A clone copies maps of replication
+    /// and heartbeat progress, which showed in the leader's profile when the
+    /// write path cloned them per request.
+    pub fn with_metrics<T>(
+        &self,
+        read: impl FnOnce(&openraft::RaftMetrics<NodeId, openraft::BasicNode>) -> T,
+    ) -> T {
+        read(&self.raft.metrics().borrow())
+    }
+
     pub fn applied_index(&self) -> u64 {
-        self.raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map(|l| l.index)
-            .unwrap_or(0)
+        self.with_metrics(|m| m.last_applied.map(|l| l.index).unwrap_or(0))
     }
 
     /// The leader this node knows of, with its address.
     pub fn known_leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader?;
-        let addr = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)?
-            .addr
-            .clone();
-        Some((leader, addr))
+        self.with_metrics(|m| {
+            let leader = m.current_leader?;
+            let node = m.membership_config.membership().get_node(&leader)?;
+            Some((leader, node.addr.clone()))
+        })
     }
 
     /// The error for a request that needs the leader, on a node that is not.
@@ -171,13 +172,8 @@ impl NodeContext {
     /// Ok when this node is the leader and heard from a quorum within an
     /// election timeout; otherwise the error a client should see at once.
     pub fn check_leader_quorum(&self) -> Result<(), ApiError> {
-        // Read in place: cloning the metrics (maps of replication and
-        // heartbeat progress) on every write showed in the leader's profile.
-        let (state, millis_since_quorum_ack) = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            (metrics.state, metrics.millis_since_quorum_ack)
-        };
+        let (state, millis_since_quorum_ack) =
+            self.with_metrics(|m| (m.state, m.millis_since_quorum_ack));
         if state != ServerState::Leader {
             return Err(self.not_leader());
         }
@@ -195,12 +191,10 @@ impl NodeContext {
 
     /// The base of every response's metadata.
     fn meta(&self, session: v1::SessionToken) -> v1::ResponseMeta {
-        let (applied_index, term) = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            let applied = metrics.last_applied.map(|id| id.index).unwrap_or(0);
-            (applied, metrics.current_term)
-        };
+        let (applied_index, term) = self.with_metrics(|m| {
+            let applied = m.last_applied.map(|id| id.index).unwrap_or(0);
+            (applied, m.current_term)
+        });
         v1::ResponseMeta {
             served_by: self.id,
             applied_index,

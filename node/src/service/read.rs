@@ -219,13 +219,10 @@ impl NodeContext {
     /// An upper bound on how far this node's applied state is behind the
     /// leader, in ms, when the node can prove one.
     pub fn staleness_bound_ms(&self) -> Option<u64> {
-        let (state, millis_since_quorum_ack, applied, term) = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            let applied = metrics.last_applied.map(|l| l.index).unwrap_or(0);
-            let since = metrics.millis_since_quorum_ack;
-            (metrics.state, since, applied, metrics.current_term)
-        };
+        let (state, millis_since_quorum_ack, applied, term) = self.with_metrics(|m| {
+            let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+            (m.state, m.millis_since_quorum_ack, applied, m.current_term)
+        });
         if state == ServerState::Leader {
             return millis_since_quorum_ack;
         }

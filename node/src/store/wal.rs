@@ -309,9 +309,8 @@ impl Wal {
         let mut zeroed = active.zeroed;
         if end > zeroed {
             // The next megabyte of appends will write over these zeros.
-            let from = zeroed.max(end);
             let to = (end / WAL_ZERO_AHEAD_BYTES + 1) * WAL_ZERO_AHEAD_BYTES;
-            file.write_all_at(&vec![0u8; (to - from) as usize], from)?;
+            file.write_all_at(&vec![0u8; (to - end) as usize], end)?;
             zeroed = to;
         }
         if let Some(active) = self.segments.get_mut(&segment_first) {
