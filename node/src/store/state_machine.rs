@@ -818,7 +818,18 @@ impl Applier<'_> {
         writer: Writer,
         outcome: &mut WriteOutcome,
     ) -> ApplyResult<()> {
-        let current = self.current_value(key)?;
+        // A STRONG put stamped at or past the successor of every stored
+        // version keeps its own version whatever the key holds
+        // (`strong_write_version`), so the key is not read. (`existed` is
+        // reported for deletes only.)
+        let unread = value.is_some()
+            && writer.rule == Merge::Strong
+            && version >= self.app.max_version.successor(version.origin_node);
+        let current = if unread {
+            None
+        } else {
+            self.current_value(key)?
+        };
         outcome.existed = current.as_ref().is_some_and(|c| c.value.is_some());
         match merge_decision(writer.rule, version, current.map(|c| c.version)) {
             MergeDecision::Replace(version) => {
@@ -1467,6 +1478,68 @@ mod tests {
             apply_puts(&mut store, 10, &["snap-5", "old-6"]),
             vec![(true, v(5, 0, 1)), (false, v(10, 0, 1))]
         );
+    }
+
+    /// A STRONG put skips reading its key only when its stamp is at or past
+    /// the successor of every stored version; otherwise the key's version
+    /// decides (`strong_write_version`), as on the read path.
+    #[tokio::test]
+    async fn strong_puts_follow_the_merge_rule_with_or_without_reading_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = open_db(dir.path());
+        let (mut store, _exit) = open_store(&db, &dir.path().join("snap"));
+        let mut apply =
+            |index: u64, request_id: &str, key: &str, op_value: Option<&str>, version| {
+                let op = match op_value {
+                    Some(value) => WriteOp::Put {
+                        key: key.as_bytes().to_vec(),
+                        value: value.as_bytes().to_vec(),
+                    },
+                    None => WriteOp::Delete {
+                        key: key.as_bytes().to_vec(),
+                    },
+                };
+                let entry = Entry {
+                    log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+                    payload: EntryPayload::Normal(Command::Writes(vec![WriteCommand {
+                        request_id: request_id.as_bytes().to_vec(),
+                        version,
+                        op,
+                    }])),
+                };
+                let results = store.apply_entries(vec![entry]).expect("apply");
+                let [CommandResult::Writes(outcomes)] = results.as_slice() else {
+                    panic!("one Writes result, got {results:?}");
+                };
+                (outcomes[0].versions[0], outcomes[0].existed)
+            };
+        // Past everything stored: its own version.
+        assert_eq!(apply(1, "r1", "a", Some("1"), v(100, 0, 1)).0, v(100, 0, 1));
+        assert_eq!(apply(2, "r2", "a", Some("2"), v(500, 0, 2)).0, v(500, 0, 2));
+        // Behind the key's version: its successor, attributed to the writer.
+        assert_eq!(apply(3, "r3", "a", Some("3"), v(200, 0, 1)).0, v(500, 1, 1));
+        // Greater than the key's version but not past its successor.
+        assert_eq!(apply(4, "r4", "a", Some("4"), v(500, 1, 3)).0, v(500, 2, 3));
+        // Another key is not held back by "a"'s version.
+        assert_eq!(apply(5, "r5", "b", Some("5"), v(300, 0, 1)).0, v(300, 0, 1));
+        assert_eq!(apply(6, "r6", "a", Some("6"), v(900, 0, 1)).0, v(900, 0, 1));
+        // A delete still reads the key: it reports whether a value was there.
+        assert_eq!(
+            apply(7, "r7", "a", None, v(950, 0, 1)),
+            (v(950, 0, 1), true)
+        );
+        assert_eq!(
+            apply(8, "r8", "a", None, v(960, 0, 1)),
+            (v(960, 0, 1), false)
+        );
+        let stored = store
+            .read_view()
+            .get(b"a")
+            .expect("get")
+            .expect("tombstone");
+        assert_eq!((stored.value, stored.version), (None, v(960, 0, 1)));
+        let stored = store.read_view().get(b"b").expect("get").expect("value");
+        assert_eq!(stored.value.as_deref(), Some(&b"5"[..]));
     }
 
     fn v(physical_ms: u64, logical: u32, origin_node: u64) -> Version {
