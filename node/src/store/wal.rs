@@ -14,9 +14,11 @@
 //! ```
 //!
 //! with strictly consecutive indexes. A new segment starts when the active one
-//! passes [`WAL_SEGMENT_BYTES`]. At open every segment is read and checked;
-//! a torn or corrupt tail of the *last* segment (a crash during a write that
-//! was never acknowledged) is cut off, anything wrong elsewhere is an error.
+//! passes [`WAL_SEGMENT_BYTES`], and only after the closed one is synced, so
+//! a crash can tear only the last segment. At open every segment is read and
+//! checked; a torn or corrupt tail of the *last* segment (a crash during a
+//! write that was never acknowledged) is cut off, anything wrong elsewhere is
+//! an error.
 //! Readers get records with `pread`, so they never block on a sync.
 //!
 //! Segments are written over zeros: an append that passes the zeroed end of
@@ -262,6 +264,15 @@ impl Wal {
             Some((_, active)) => active.len >= WAL_SEGMENT_BYTES,
         };
         if needs_new_segment {
+            if let Some((_, closed)) = self.segments.last_key_value() {
+                // Durable before the next segment holds a record: otherwise
+                // the kernel could write the new segment's records back and
+                // not the closed one's tail, and after a crash open would
+                // find a gap between segments, not a torn last segment.
+                closed.file.sync_data()?;
+                let closed = closed.file.clone();
+                self.unsynced.retain(|f| !Arc::ptr_eq(f, &closed));
+            }
             let path = self.dir.join(segment_name(*first));
             let file = OpenOptions::new()
                 .read(true)
@@ -555,6 +566,32 @@ mod tests {
             .err()
             .expect("garbage after records refused");
         assert!(err.to_string().contains("is corrupt"), "{err}");
+    }
+
+    #[test]
+    fn a_closed_segment_is_synced_before_the_next_one_holds_a_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open(dir.path()).expect("open");
+        wal.append(&[(1, payload(1)), (2, payload(2))])
+            .expect("append");
+        let closed = wal.segments[&1].file.clone();
+        assert!(wal.unsynced.iter().any(|f| Arc::ptr_eq(f, &closed)));
+        // Close segment 1 with records 1 and 2 not yet synced.
+        wal.segments.last_entry().expect("active").get_mut().len = WAL_SEGMENT_BYTES;
+        wal.append(&[(3, payload(3))]).expect("append");
+        assert_eq!(wal.segments.len(), 2);
+        // The rotation synced segment 1 itself: what is left to sync is the
+        // new segment (and the directory that now names it), never the
+        // closed segment after the new one's records.
+        let pending = wal.take_unsynced();
+        let new = &wal.segments[&3].file;
+        assert_eq!(pending.files.len(), 1);
+        assert!(Arc::ptr_eq(&pending.files[0], new));
+        assert!(pending.dir.is_some());
+        pending.run().expect("sync");
+        drop(wal);
+        let wal = Wal::open(dir.path()).expect("reopen");
+        assert_eq!((wal.first_index(), wal.last_index()), (Some(1), Some(3)));
     }
 
     #[test]
