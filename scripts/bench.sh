@@ -467,6 +467,9 @@ if printf '%s\n' "${PLAN[@]}" | grep -q '^etcd ' \
     capkv_die "$BIN_SOURCE/capkv-bench was built without the etcd target; run without --skip-build, or build it with: cargo build --release -p capkv-bench --features etcd"
 fi
 BUILD_DONE_AT=$SECONDS
+# The tree the binaries were built from (edits made during the runs do not count).
+commit=$(cd "$CAPKV_REPO" && git rev-parse --short HEAD 2>/dev/null || printf unknown)
+dirty=$(cd "$CAPKV_REPO" && git status --porcelain -- node client proto 2>/dev/null | head -n 1)
 
 # ----- run -------------------------------------------------------------------
 
@@ -604,8 +607,6 @@ done
 
 total_s=$((SECONDS - STARTED_AT))
 run_s=$((SECONDS - BUILD_DONE_AT))
-commit=$(cd "$CAPKV_REPO" && git rev-parse --short HEAD 2>/dev/null || printf unknown)
-dirty=$(cd "$CAPKV_REPO" && git status --porcelain -- node client proto 2>/dev/null | head -n 1)
 if [[ $BIN_SOURCE == "$CAPKV_REPO/target/release" ]]; then
     capkv_build="commit $commit${dirty:+ with uncommitted changes in node/client/proto}"
 else
