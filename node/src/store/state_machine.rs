@@ -199,6 +199,14 @@ pub fn strong_write_version(entry_version: Version, current: Option<Version>) ->
     }
 }
 
+/// Whether [`strong_write_version`] gives `entry_version` whatever the key
+/// holds, when every stored version is at most `max_stored`: a stamp at or
+/// past `max_stored`'s successor is past every current version's successor.
+/// Then the key need not be read.
+pub fn strong_write_ignores_current(entry_version: Version, max_stored: Version) -> bool {
+    entry_version >= max_stored.successor(entry_version.origin_node)
+}
+
 /// How an entry's write meets the current value of one key or reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Merge {
@@ -772,9 +780,21 @@ impl Applier<'_> {
                 }
             }
             WriteOp::Put { key, value } => {
-                self.write_key(key, Some(value), version, writer, &mut outcome)?
+                // `existed` is reported for deletes only, so a put the
+                // rule gives its own version anyway does not read the key.
+                let current = if writer.rule == Merge::Strong
+                    && strong_write_ignores_current(version, self.app.max_version)
+                {
+                    None
+                } else {
+                    self.current_value(key)?
+                };
+                self.write_key(key, Some(value), version, writer, current, &mut outcome)?
             }
-            WriteOp::Delete { key } => self.write_key(key, None, version, writer, &mut outcome)?,
+            WriteOp::Delete { key } => {
+                let current = self.current_value(key)?;
+                self.write_key(key, None, version, writer, current, &mut outcome)?
+            }
             WriteOp::CompareAndSet {
                 key,
                 expected,
@@ -788,7 +808,7 @@ impl Applier<'_> {
                     (Expected::Version(_), None) => false,
                 };
                 if matches {
-                    self.write_key(key, Some(value), version, writer, &mut outcome)?;
+                    self.write_key(key, Some(value), version, writer, current, &mut outcome)?;
                 } else {
                     outcome.versions.extend(current.as_ref().map(|c| c.version));
                     outcome.existed = current.as_ref().is_some_and(|c| c.value.is_some());
@@ -809,27 +829,17 @@ impl Applier<'_> {
         }
     }
 
-    /// Puts (`Some`) or deletes (`None`: a tombstone) one generic key.
+    /// Puts (`Some`) or deletes (`None`: a tombstone) one generic key whose
+    /// value the caller read as `current` (`None` for absent, or not needed).
     fn write_key(
         &mut self,
         key: &[u8],
         value: Option<&Vec<u8>>,
         version: Version,
         writer: Writer,
+        current: Option<StoredValue>,
         outcome: &mut WriteOutcome,
     ) -> ApplyResult<()> {
-        // A STRONG put stamped at or past the successor of every stored
-        // version keeps its own version whatever the key holds
-        // (`strong_write_version`), so the key is not read. (`existed` is
-        // reported for deletes only.)
-        let unread = value.is_some()
-            && writer.rule == Merge::Strong
-            && version >= self.app.max_version.successor(version.origin_node);
-        let current = if unread {
-            None
-        } else {
-            self.current_value(key)?
-        };
         outcome.existed = current.as_ref().is_some_and(|c| c.value.is_some());
         match merge_decision(writer.rule, version, current.map(|c| c.version)) {
             MergeDecision::Replace(version) => {
@@ -1609,6 +1619,25 @@ mod tests {
                 expected,
                 "{rule:?} {incoming} over {current:?}"
             );
+        }
+        // Where the rule may skip the key, every current version up to the
+        // stored maximum gives the entry's own version.
+        let stamps = [
+            v(9, 9, 9),
+            v(10, 0, 1),
+            v(10, 0, 3),
+            v(10, 1, 1),
+            v(10, 1, 2),
+        ];
+        let max_stored = v(10, 0, 2);
+        for entry in stamps {
+            let skips = strong_write_ignores_current(entry, max_stored);
+            assert_eq!(skips, entry >= v(10, 1, 0), "{entry}");
+            for current in stamps.into_iter().filter(|c| *c <= max_stored) {
+                if skips {
+                    assert_eq!(strong_write_version(entry, Some(current)), entry);
+                }
+            }
         }
     }
 }

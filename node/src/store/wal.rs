@@ -269,9 +269,9 @@ impl Wal {
                 // the kernel could write the new segment's records back and
                 // not the closed one's tail, and after a crash open would
                 // find a gap between segments, not a torn last segment.
-                closed.file.sync_data()?;
                 let closed = closed.file.clone();
-                self.unsynced.retain(|f| !Arc::ptr_eq(f, &closed));
+                closed.sync_data()?;
+                self.forget_unsynced(&closed);
             }
             let path = self.dir.join(segment_name(*first));
             let file = OpenOptions::new()
@@ -407,9 +407,14 @@ impl Wal {
         Ok(())
     }
 
+    /// `file` no longer needs the next [`PendingSync`] (synced, or removed).
+    fn forget_unsynced(&mut self, file: &Arc<File>) {
+        self.unsynced.retain(|f| !Arc::ptr_eq(f, file));
+    }
+
     fn remove_segment(&mut self, first: u64) -> std::io::Result<()> {
         if let Some(segment) = self.segments.remove(&first) {
-            self.unsynced.retain(|f| !Arc::ptr_eq(f, &segment.file));
+            self.forget_unsynced(&segment.file);
             std::fs::remove_file(&segment.path)?;
             self.dir_changed = true;
         }
@@ -449,6 +454,21 @@ mod tests {
         let records: Vec<_> = (from..=to).map(|i| (i, payload(i))).collect();
         wal.append(&records).expect("append");
         wal.take_unsynced().run().expect("sync");
+    }
+
+    /// Makes the active segment full, so the next append starts a new one.
+    fn close_active_segment(wal: &mut Wal) {
+        wal.segments.last_entry().expect("active").get_mut().len = WAL_SEGMENT_BYTES;
+    }
+
+    /// Edits the bytes of `segment`, a segment that is not the last, and
+    /// checks that the log in `dir` no longer opens.
+    fn assert_open_refuses_after(dir: &Path, segment: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+        let mut bytes = std::fs::read(segment).expect("read");
+        edit(&mut bytes);
+        std::fs::write(segment, bytes).expect("write");
+        let err = Wal::open(dir).err().expect("corrupt segment refused");
+        assert!(err.to_string().contains("is corrupt"), "{err}");
     }
 
     #[test]
@@ -504,17 +524,13 @@ mod tests {
         // A flipped byte in a segment that is not the last is corruption.
         {
             let mut wal = Wal::open(dir.path()).expect("reopen");
-            wal.segments.last_entry().expect("active").get_mut().len = WAL_SEGMENT_BYTES;
+            close_active_segment(&mut wal);
             append_range(&mut wal, 5, 6);
             assert_eq!(wal.segments.len(), 2);
         }
-        let mut bytes = std::fs::read(&path).expect("read");
-        bytes[HEADER_BYTES as usize] ^= 0xff;
-        std::fs::write(&path, bytes).expect("write");
-        let err = Wal::open(dir.path())
-            .err()
-            .expect("corrupt middle segment refused");
-        assert!(err.to_string().contains("is corrupt"), "{err}");
+        assert_open_refuses_after(dir.path(), &path, |bytes| {
+            bytes[HEADER_BYTES as usize] ^= 0xff;
+        });
     }
 
     #[test]
@@ -539,7 +555,7 @@ mod tests {
             assert_eq!(wal.segments[&1].zeroed, 2 * WAL_ZERO_AHEAD_BYTES);
             assert_eq!(wal.read(21..=21).expect("read"), vec![(21, big)]);
             // Close this segment with its zero tail; the next one starts.
-            wal.segments.last_entry().expect("active").get_mut().len = WAL_SEGMENT_BYTES;
+            close_active_segment(&mut wal);
             append_range(&mut wal, 22, 23);
             assert_eq!(wal.segments.len(), 2);
         }
@@ -558,14 +574,10 @@ mod tests {
         assert_eq!(wal.read(5..=5).expect("read"), vec![(5, payload(5))]);
         drop(wal);
         // A byte that is not zero in that tail is corruption.
-        let mut bytes = std::fs::read(&first).expect("read");
-        let last = bytes.len() - 1;
-        bytes[last] = 1;
-        std::fs::write(&first, bytes).expect("write");
-        let err = Wal::open(dir.path())
-            .err()
-            .expect("garbage after records refused");
-        assert!(err.to_string().contains("is corrupt"), "{err}");
+        assert_open_refuses_after(dir.path(), &first, |bytes| {
+            let last = bytes.len() - 1;
+            bytes[last] = 1;
+        });
     }
 
     #[test]
@@ -577,7 +589,7 @@ mod tests {
         let closed = wal.segments[&1].file.clone();
         assert!(wal.unsynced.iter().any(|f| Arc::ptr_eq(f, &closed)));
         // Close segment 1 with records 1 and 2 not yet synced.
-        wal.segments.last_entry().expect("active").get_mut().len = WAL_SEGMENT_BYTES;
+        close_active_segment(&mut wal);
         wal.append(&[(3, payload(3))]).expect("append");
         assert_eq!(wal.segments.len(), 2);
         // The rotation synced segment 1 itself: what is left to sync is the
@@ -601,7 +613,7 @@ mod tests {
         for start in [1u64, 11, 21, 31] {
             append_range(&mut wal, start, start + 9);
             // Force a new segment for the next batch.
-            wal.segments.last_entry().expect("active").get_mut().len = WAL_SEGMENT_BYTES;
+            close_active_segment(&mut wal);
         }
         assert_eq!(wal.segments.len(), 4);
         wal.truncate_from(25).expect("truncate");
