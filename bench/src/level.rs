@@ -97,7 +97,8 @@ impl FromStr for Workload {
     }
 }
 
-/// A consistency level of either system. Writes: `strong`, `local`,
+/// A consistency level of either system. Writes: `strong`,
+/// `strong-coalesced` (capkv put: STRONG with the SDK's put coalescing), `local`,
 /// `strong-or-local[:<ms>]` (capkv; etcd only `strong`). Reads:
 /// `linearizable`, `session`, `eventual`, `bounded:<ms>` (capkv),
 /// `linearizable`, `serializable` (etcd).
@@ -105,21 +106,29 @@ impl FromStr for Workload {
 #[serde(into = "String", try_from = "String")]
 pub enum Level {
     Strong,
+    /// STRONG puts with the SDK's put coalescing on
+    /// (`ClientConfig::coalesce_puts`); capkv's put workload only.
+    StrongCoalesced,
     Local,
-    StrongOrLocal { budget_ms: Option<u64> },
+    StrongOrLocal {
+        budget_ms: Option<u64>,
+    },
     Linearizable,
     Session,
     Eventual,
-    Bounded { ms: u64 },
+    Bounded {
+        ms: u64,
+    },
     Serializable,
 }
 
-pub const LEVEL_FORMS: &str = "strong, local, strong-or-local[:<ms>], linearizable, session, eventual, bounded:<ms>, serializable";
+pub const LEVEL_FORMS: &str = "strong, strong-coalesced, local, strong-or-local[:<ms>], linearizable, session, eventual, bounded:<ms>, serializable";
 
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Level::Strong => f.write_str("strong"),
+            Level::StrongCoalesced => f.write_str("strong-coalesced"),
             Level::Local => f.write_str("local"),
             Level::StrongOrLocal { budget_ms: None } => f.write_str("strong-or-local"),
             Level::StrongOrLocal {
@@ -154,6 +163,7 @@ impl FromStr for Level {
         };
         let level = match (name, parameter) {
             ("strong", None) => Level::Strong,
+            ("strong-coalesced", None) => Level::StrongCoalesced,
             ("local", None) => Level::Local,
             ("strong-or-local", None) => Level::StrongOrLocal { budget_ms: None },
             ("strong-or-local", Some(p)) => Level::StrongOrLocal {
@@ -191,8 +201,13 @@ impl Level {
     pub fn is_write(self) -> bool {
         matches!(
             self,
-            Level::Strong | Level::Local | Level::StrongOrLocal { .. }
+            Level::Strong | Level::StrongCoalesced | Level::Local | Level::StrongOrLocal { .. }
         )
+    }
+
+    /// Whether the capkv client coalesces concurrent puts.
+    pub fn coalesces_puts(self) -> bool {
+        self == Level::StrongCoalesced
     }
 
     /// Whether acknowledged writes may still be waiting to reach the Raft
@@ -213,7 +228,7 @@ impl Level {
     /// The capkv write level (for write levels).
     pub fn capkv_write(self) -> Option<WriteLevel> {
         match self {
-            Level::Strong => Some(WriteLevel::Strong),
+            Level::Strong | Level::StrongCoalesced => Some(WriteLevel::Strong),
             Level::Local => Some(WriteLevel::Local),
             Level::StrongOrLocal { budget_ms } => Some(WriteLevel::StrongOrLocal {
                 budget: budget_ms.map(Duration::from_millis),
@@ -241,7 +256,9 @@ impl Level {
     /// range (served locally by any member, like capkv's weaker levels).
     pub fn etcd_counterpart(self) -> Level {
         match self {
-            Level::Strong | Level::Local | Level::StrongOrLocal { .. } => Level::Strong,
+            Level::Strong | Level::StrongCoalesced | Level::Local | Level::StrongOrLocal { .. } => {
+                Level::Strong
+            }
             Level::Linearizable => Level::Linearizable,
             Level::Session | Level::Eventual | Level::Bounded { .. } | Level::Serializable => {
                 Level::Serializable
@@ -254,7 +271,10 @@ impl Level {
 /// would work.
 pub fn check_combination(system: System, workload: Workload, level: Level) -> Result<(), String> {
     let ok = match (system, workload.is_write()) {
-        (System::Capkv, true) => level.capkv_write().is_some(),
+        // Coalescing joins puts; other writes are batches already.
+        (System::Capkv, true) => {
+            level.capkv_write().is_some() && (!level.coalesces_puts() || workload == Workload::Put)
+        }
         (System::Capkv, false) => level.capkv_read().is_some(),
         (System::Etcd, true) => level == Level::Strong,
         (System::Etcd, false) => matches!(level, Level::Linearizable | Level::Serializable),
@@ -263,7 +283,9 @@ pub fn check_combination(system: System, workload: Workload, level: Level) -> Re
         return Ok(());
     }
     let allowed = match (system, workload.is_write()) {
-        (System::Capkv, true) => "strong, local, strong-or-local[:<ms>]",
+        (System::Capkv, true) => {
+            "strong, local, strong-or-local[:<ms>] (and strong-coalesced for put)"
+        }
         (System::Capkv, false) => "linearizable, session, eventual, bounded:<ms>",
         (System::Etcd, true) => "strong (etcd takes no write without a quorum)",
         (System::Etcd, false) => "linearizable, serializable",
@@ -281,6 +303,7 @@ mod tests {
     fn levels_parse_and_print_back() {
         let cases = [
             ("strong", Level::Strong),
+            ("strong-coalesced", Level::StrongCoalesced),
             ("LOCAL", Level::Local),
             ("strong_or_local", Level::StrongOrLocal { budget_ms: None }),
             (
@@ -327,6 +350,9 @@ mod tests {
         use Level::*;
         assert!(check_combination(System::Capkv, Workload::Put, Local).is_ok());
         assert!(check_combination(System::Capkv, Workload::Ingest, Strong).is_ok());
+        assert!(check_combination(System::Capkv, Workload::Put, StrongCoalesced).is_ok());
+        assert!(check_combination(System::Capkv, Workload::Ingest, StrongCoalesced).is_err());
+        assert!(check_combination(System::Etcd, Workload::Put, StrongCoalesced).is_err());
         assert!(check_combination(System::Capkv, Workload::Get, Bounded { ms: 10 }).is_ok());
         assert!(check_combination(System::Capkv, Workload::Get, Serializable).is_err());
         assert!(check_combination(System::Capkv, Workload::Put, Eventual).is_err());

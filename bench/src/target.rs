@@ -98,6 +98,7 @@ impl CapkvTarget {
         for list in rotated_endpoint_lists(endpoints, connections) {
             let config = ClientConfig {
                 timeout: OP_TIMEOUT,
+                coalesce_puts: level.coalesces_puts(),
                 ..ClientConfig::default()
             };
             let mut client = Client::with_config(list, config)?;

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::coalesce::Coalescer;
 use crate::endpoint::{normalize_endpoint, normalize_endpoints};
 use crate::error::{classify_status, AttemptFailure};
 use crate::options::{read_options, write_options, ClientConfig, ReadLevel, WriteLevel};
@@ -89,12 +90,14 @@ pub struct Client {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     /// Normalized `host:port`, at least one, no duplicates.
     endpoints: Vec<String>,
     config: ClientConfig,
     channels: Mutex<HashMap<String, Channel>>,
     routing: Mutex<RoutingState>,
+    /// The queues of [`ClientConfig::coalesce_puts`].
+    pub(crate) coalescer: Coalescer,
 }
 
 #[derive(Debug)]
@@ -110,7 +113,7 @@ struct RoutingState {
 }
 
 /// Where the attempts of one call go.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Route {
     /// Start at the remembered leader, follow redirects, rotate on failure.
     Leader,
@@ -132,10 +135,10 @@ pub(crate) fn choose_route(pinned: Option<&str>, leader_routed: bool) -> Route {
 }
 
 #[derive(Clone, Debug)]
-struct CallPlan {
-    route: Route,
-    timeout: Duration,
-    max_attempts: u32,
+pub(crate) struct CallPlan {
+    pub(crate) route: Route,
+    pub(crate) timeout: Duration,
+    pub(crate) max_attempts: u32,
 }
 
 /// One page (or, for [`Client::range_readings_all`], a run of pages) of a
@@ -243,6 +246,7 @@ impl Client {
                     preferred: first,
                     learned: Vec::new(),
                 }),
+                coalescer: Coalescer::default(),
             }),
             read_level,
             write_level,
@@ -290,6 +294,21 @@ impl Client {
 
     pub(crate) fn session_token(&self) -> Option<&Arc<Mutex<proto::SessionToken>>> {
         self.session.as_ref()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// A plain handle (configured levels, no session) on `shared`.
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Client {
+        let (read_level, write_level) = (shared.config.read_level, shared.config.write_level);
+        Client {
+            shared,
+            read_level,
+            write_level,
+            session: None,
+        }
     }
 
     /// The configured endpoints, normalized to `host:port`.
@@ -450,7 +469,19 @@ impl Client {
             value: value.into(),
             options: Some(self.write_options()?),
         };
-        self.data_call(self.write_plan(), request, |channel, request| async move {
+        if self.shared.config.coalesce_puts {
+            return self.put_coalesced(self.write_plan(), request).await;
+        }
+        self.put_alone(self.write_plan(), request).await
+    }
+
+    /// One put in a `Put` call of its own.
+    pub(crate) async fn put_alone(
+        &self,
+        plan: CallPlan,
+        request: proto::PutRequest,
+    ) -> Result<proto::PutResponse, Error> {
+        self.data_call(plan, request, |channel, request| async move {
             kv_client(channel).put(request).await
         })
         .await
@@ -624,7 +655,7 @@ impl Client {
     /// Runs one logical call: sends `message` (cloned per attempt, so a
     /// write's request id is the same in every attempt) through `rpc`, and
     /// retries, redirects and backs off as `plan` allows.
-    async fn call<Req, Resp, F, Fut>(
+    pub(crate) async fn call<Req, Resp, F, Fut>(
         &self,
         plan: CallPlan,
         message: Req,
@@ -961,7 +992,7 @@ fn describe(error: Option<&Error>) -> String {
     }
 }
 
-fn kv_client(channel: Channel) -> KvServiceClient<Channel> {
+pub(crate) fn kv_client(channel: Channel) -> KvServiceClient<Channel> {
     KvServiceClient::new(channel).max_decoding_message_size(MAX_DECODING_MESSAGE_BYTES)
 }
 

@@ -47,6 +47,7 @@
 //! `LOCAL` write got.
 
 mod client;
+mod coalesce;
 mod endpoint;
 mod error;
 mod options;
@@ -60,6 +61,10 @@ pub use capkv_proto::metadata;
 pub use capkv_proto::v1 as proto;
 
 pub use client::{Client, Expected, RangeQuery, MAX_CALL_TIMEOUT_MS, NODE_STATUS_TIMEOUT_MS};
+pub use coalesce::{
+    MAX_COALESCED_CALLS_IN_FLIGHT, MAX_COALESCED_CALL_BYTES, MAX_PUTS_PER_COALESCED_CALL,
+    MAX_QUEUED_PUTS,
+};
 pub use error::{code_name, Error};
 pub use options::{
     read_consistency_name, write_consistency_name, ClientConfig, ParseLevelError, ReadLevel,

@@ -58,6 +58,12 @@ pub struct ClientConfig {
     /// The write level of write requests, unless overridden per client handle
     /// with [`crate::Client::with_write_level`].
     pub write_level: WriteLevel,
+    /// When true, concurrent [`crate::Client::put`] calls of this client
+    /// (all its handles) share `PutMany` calls: fewer calls for the client
+    /// and the server to handle under load, at no added wait when the client
+    /// is idle (see the `coalesce` module). Each put keeps its own level,
+    /// request id and answer. Off by default.
+    pub coalesce_puts: bool,
 }
 
 impl Default for ClientConfig {
@@ -71,6 +77,7 @@ impl Default for ClientConfig {
             pin_endpoint: false,
             read_level: ReadLevel::default(),
             write_level: WriteLevel::default(),
+            coalesce_puts: false,
         }
     }
 }

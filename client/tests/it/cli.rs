@@ -158,6 +158,13 @@ impl KvService for FakeNode {
         }))
     }
 
+    async fn put_many(
+        &self,
+        _request: Request<proto::PutManyRequest>,
+    ) -> Result<Response<proto::PutManyResponse>, Status> {
+        Err(Status::unimplemented("the CLI sends no PutMany"))
+    }
+
     async fn get(
         &self,
         request: Request<proto::GetRequest>,

@@ -96,6 +96,10 @@ struct FakeKv {
     reply: Arc<Mutex<Reply>>,
     /// The one value this fake stores (whatever the key), for compare-and-set.
     stored: Arc<Mutex<Option<Stored>>>,
+    /// The number of puts of each `PutMany` call, in order.
+    put_many_calls: Arc<Mutex<Vec<usize>>>,
+    /// When set, `PutMany` is UNIMPLEMENTED, as on a node older than it.
+    no_put_many: Arc<Mutex<bool>>,
 }
 
 impl FakeKv {
@@ -193,6 +197,51 @@ impl KvService for FakeKv {
         }))
     }
 
+    /// Each put is logged as `put_many`. A key starting with `bad` fails
+    /// alone with INVALID_ARGUMENT, one starting with `busy` with UNAVAILABLE
+    /// (no leader named); the rest are answered as `put` answers them.
+    async fn put_many(
+        &self,
+        request: Request<proto::PutManyRequest>,
+    ) -> Result<Response<proto::PutManyResponse>, Status> {
+        for put in &request.get_ref().puts {
+            self.record_write("put_many", &request, put.options.as_ref());
+        }
+        if *self.no_put_many.lock().unwrap() {
+            return Err(Status::unimplemented("unknown method PutMany"));
+        }
+        if let Some(status) = self.refuse() {
+            return Err(status);
+        }
+        let puts = request.into_inner().puts;
+        self.put_many_calls.lock().unwrap().push(puts.len());
+        let outcomes = puts
+            .iter()
+            .map(|put| {
+                let error = |code: tonic::Code, message: &str| {
+                    proto::put_outcome::Outcome::Error(proto::CallError {
+                        code: code as i32,
+                        message: message.to_string(),
+                    })
+                };
+                let outcome = if put.key.starts_with(b"bad") {
+                    error(tonic::Code::InvalidArgument, "key: refused by the fake")
+                } else if put.key.starts_with(b"busy") {
+                    error(tonic::Code::Unavailable, "busy for a moment")
+                } else {
+                    proto::put_outcome::Outcome::Ok(proto::PutResponse {
+                        meta: self.meta(),
+                        version: Some(self.version(put.value.len() as u64)),
+                    })
+                };
+                proto::PutOutcome {
+                    outcome: Some(outcome),
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::PutManyResponse { outcomes }))
+    }
+
     async fn get(
         &self,
         request: Request<proto::GetRequest>,
@@ -281,15 +330,17 @@ async fn kv_server(
         log: Arc::clone(log),
         reply: Arc::default(),
         stored: Arc::default(),
+        put_many_calls: Arc::default(),
+        no_put_many: Arc::default(),
     };
     let addr = serve(Server::builder().add_service(KvServiceServer::new(fake.clone()))).await;
     (addr, fake)
 }
 
-#[tokio::test]
-async fn follows_leader_redirect_and_reuses_the_request_id() {
-    let log = Log::default();
-    let (leader_addr, _leader) = kv_server("leader", 2, Behaviour::Answer, &log).await;
+/// Node 2, the leader, and node 1, which redirects every call to it:
+/// `(leader address, leader, follower address)`.
+async fn leader_and_follower(log: &Log) -> (String, FakeKv, String) {
+    let (leader_addr, leader) = kv_server("leader", 2, Behaviour::Answer, log).await;
     let (follower_addr, _follower) = kv_server(
         "follower",
         1,
@@ -297,9 +348,16 @@ async fn follows_leader_redirect_and_reuses_the_request_id() {
             id: 2,
             addr: leader_addr.clone(),
         },
-        &log,
+        log,
     )
     .await;
+    (leader_addr, leader, follower_addr)
+}
+
+#[tokio::test]
+async fn follows_leader_redirect_and_reuses_the_request_id() {
+    let log = Log::default();
+    let (leader_addr, _leader, follower_addr) = leader_and_follower(&log).await;
     // Only the follower is configured: the leader is learned from the redirect.
     let client = Client::with_config([follower_addr.as_str()], fast_config()).expect("valid");
 
@@ -999,17 +1057,7 @@ async fn any_node_levels_move_on_from_a_refusing_node_without_following_its_hint
 #[tokio::test]
 async fn a_failed_comparison_is_an_answer_not_an_error() {
     let log = Log::default();
-    let (leader_addr, _leader) = kv_server("leader", 2, Behaviour::Answer, &log).await;
-    let (follower_addr, _follower) = kv_server(
-        "follower",
-        1,
-        Behaviour::RedirectTo {
-            id: 2,
-            addr: leader_addr.clone(),
-        },
-        &log,
-    )
-    .await;
+    let (_, _leader, follower_addr) = leader_and_follower(&log).await;
     let client = Client::with_config([follower_addr.as_str()], fast_config()).expect("valid");
 
     let created = client
@@ -1077,4 +1125,131 @@ async fn a_local_compare_and_set_is_a_failed_precondition() {
         )
     );
     assert_eq!(calls(&log, 0).len(), 1, "not retried");
+}
+
+// ----- put coalescing -------------------------------------------------------
+
+fn coalescing_config() -> ClientConfig {
+    ClientConfig {
+        coalesce_puts: true,
+        ..fast_config()
+    }
+}
+
+/// Runs `count` puts concurrently through `client` with keys
+/// `{prefix}-{i}`, returning their results in order.
+async fn concurrent_puts(
+    client: &Client,
+    prefix: &str,
+    count: usize,
+) -> Vec<Result<proto::PutResponse, Error>> {
+    let tasks: Vec<_> = (0..count)
+        .map(|i| {
+            let client = client.clone();
+            let key = format!("{prefix}-{i}");
+            tokio::spawn(async move { client.put(key, vec![b'x'; i + 1]).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("put task"));
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesced_puts_share_calls_and_each_gets_its_own_answer() {
+    let log = Log::default();
+    let (leader_addr, leader, follower_addr) = leader_and_follower(&log).await;
+    // The follower first: the first call is redirected as a whole.
+    let client = Client::with_config([follower_addr.as_str()], coalescing_config()).expect("valid");
+    let puts = 200;
+    let results = concurrent_puts(&client, "k", puts).await;
+    for (i, result) in results.iter().enumerate() {
+        // The fake's version is the value's length: each put got its own.
+        let version = result.as_ref().expect("put").version.expect("version");
+        assert_eq!(version.physical_ms, i as u64 + 1, "put {i}");
+    }
+    let calls = leader.put_many_calls.lock().unwrap().clone();
+    assert_eq!(calls.iter().sum::<usize>(), puts, "{calls:?}");
+    assert!(
+        calls.len() < puts / 2 && calls.iter().all(|&n| n <= 256),
+        "{puts} concurrent puts in {} calls: {calls:?}",
+        calls.len()
+    );
+    let seen = log.lock().unwrap().clone();
+    assert!(seen
+        .iter()
+        .all(|s| s.method == "put_many" && s.had_deadline));
+    let answered: Vec<&Seen> = seen.iter().filter(|s| s.server == "leader").collect();
+    let ids: std::collections::HashSet<&Vec<u8>> = answered.iter().map(|s| &s.request_id).collect();
+    assert_eq!(ids.len(), puts, "every put keeps a request id of its own");
+    // The redirected call's puts were resent with their request ids.
+    for refused in seen.iter().filter(|s| s.server == "follower") {
+        assert!(ids.contains(&refused.request_id));
+    }
+    assert_eq!(client.leader_address(), leader_addr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_put_that_fails_alone_is_answered_alone() {
+    let log = Log::default();
+    let (addr, fake) = kv_server("leader", 1, Behaviour::Answer, &log).await;
+    let client = Client::with_config([addr.as_str()], coalescing_config()).expect("valid");
+    let keys = ["ok-1", "bad-1", "busy-1", "ok-2"];
+    let tasks: Vec<_> = keys
+        .into_iter()
+        .map(|key| {
+            let client = client.clone();
+            tokio::spawn(async move { client.put(key, "v").await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.expect("put task"));
+    }
+    assert!(results[0].is_ok() && results[3].is_ok(), "{results:?}");
+    assert_eq!(
+        results[1],
+        Err(Error::InvalidArgument("key: refused by the fake".into()))
+    );
+    // UNAVAILABLE for one put: it was sent again alone (as a Put, with its
+    // request id), and the fake's Put took it.
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    let seen = log.lock().unwrap().clone();
+    let alone: Vec<&Seen> = seen.iter().filter(|s| s.method == "put").collect();
+    assert_eq!(alone.len(), 1, "only the busy put went alone: {seen:?}");
+    assert!(seen
+        .iter()
+        .any(|s| s.method == "put_many" && s.request_id == alone[0].request_id));
+
+    // A node without PutMany: every put goes alone and succeeds.
+    *fake.no_put_many.lock().unwrap() = true;
+    let results = concurrent_puts(&client, "old", 20).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let alone = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.method == "put")
+        .count();
+    assert_eq!(alone, 1 + 20);
+}
+
+#[tokio::test]
+async fn a_coalesced_put_keeps_its_deadline_when_no_node_answers() {
+    let dead = dead_address().await;
+    let config = ClientConfig {
+        timeout: Duration::from_millis(300),
+        ..coalescing_config()
+    };
+    let client = Client::with_config([dead.as_str()], config).expect("valid");
+    let started = std::time::Instant::now();
+    let results = concurrent_puts(&client, "k", 5).await;
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the puts ended {:?} after they started",
+        started.elapsed()
+    );
 }

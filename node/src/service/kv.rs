@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use futures_util::future::join_all;
+
 use capkv_proto::v1;
 use capkv_proto::v1::compare_and_set_request::Expected as ProtoExpected;
 use capkv_proto::v1::kv_service_server::KvService;
@@ -16,10 +18,41 @@ use super::request_deadline;
 use super::to_proto_version;
 use super::validate;
 use super::write::write_level;
+use super::write::WriteLevel;
 use super::write::Written;
 use super::NodeContext;
 use crate::types::Expected;
 use crate::types::WriteOp;
+
+/// The most puts one `PutMany` call carries. The message size limit
+/// (`MAX_CLIENT_MESSAGE_BYTES`) bounds its bytes.
+pub const MAX_PUTS_PER_CALL: usize = 1_000;
+
+/// A put whose key, value and options are valid.
+struct ParsedPut {
+    choice: validate::WriteChoice,
+    op: WriteOp,
+}
+
+fn parse_put(request: v1::PutRequest) -> Result<ParsedPut, Status> {
+    validate::key("key", &request.key)?;
+    validate::value("value", &request.value)?;
+    let choice = validate::write_options(request.options.as_ref())?;
+    Ok(ParsedPut {
+        choice,
+        op: WriteOp::Put {
+            key: request.key,
+            value: request.value,
+        },
+    })
+}
+
+/// Whether some put is valid and every valid one is STRONG.
+fn leader_only(parsed: &[Result<ParsedPut, Status>], deadline: std::time::Instant) -> bool {
+    let mut valid = parsed.iter().filter_map(|put| put.as_ref().ok()).peekable();
+    valid.peek().is_some()
+        && valid.all(|put| matches!(write_level(&put.choice, deadline), WriteLevel::Strong))
+}
 
 pub struct KvApi {
     ctx: Arc<NodeContext>,
@@ -28,6 +61,23 @@ pub struct KvApi {
 impl KvApi {
     pub fn new(ctx: Arc<NodeContext>) -> Self {
         Self { ctx }
+    }
+
+    /// One put, as `Put` answers it.
+    async fn put_parsed(
+        &self,
+        put: ParsedPut,
+        deadline: std::time::Instant,
+    ) -> Result<v1::PutResponse, Status> {
+        let ParsedPut { choice, op } = put;
+        let written = self
+            .ctx
+            .write(write_level(&choice, deadline), choice.request_id, op)
+            .await?;
+        Ok(v1::PutResponse {
+            version: written.versions().first().copied().map(to_proto_version),
+            meta: Some(self.ctx.write_meta(&written, choice.session)),
+        })
     }
 }
 
@@ -38,22 +88,54 @@ impl KvService for KvApi {
         request: Request<v1::PutRequest>,
     ) -> Result<Response<v1::PutResponse>, Status> {
         let deadline = request_deadline(&request);
-        let request = request.into_inner();
-        validate::key("key", &request.key)?;
-        validate::value("value", &request.value)?;
-        let choice = validate::write_options(request.options.as_ref())?;
-        let op = WriteOp::Put {
-            key: request.key,
-            value: request.value,
-        };
-        let written = self
-            .ctx
-            .write(write_level(&choice, deadline), choice.request_id, op)
-            .await?;
-        Ok(Response::new(v1::PutResponse {
-            version: written.versions().first().copied().map(to_proto_version),
-            meta: Some(self.ctx.write_meta(&written, choice.session)),
+        let put = parse_put(request.into_inner())?;
+        Ok(Response::new(self.put_parsed(put, deadline).await?))
+    }
+
+    async fn put_many(
+        &self,
+        request: Request<v1::PutManyRequest>,
+    ) -> Result<Response<v1::PutManyResponse>, Status> {
+        let deadline = request_deadline(&request);
+        let puts = request.into_inner().puts;
+        if puts.is_empty() {
+            return Err(Status::invalid_argument(
+                "puts: at least one put is required",
+            ));
+        }
+        if puts.len() > MAX_PUTS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "puts: {} puts, at most {MAX_PUTS_PER_CALL} in one call",
+                puts.len()
+            )));
+        }
+        let parsed: Vec<Result<ParsedPut, Status>> = puts.into_iter().map(parse_put).collect();
+        // When every valid put is STRONG, each would be refused on its own
+        // by a node that is not the leader: refuse the call as a whole, so
+        // the status names the leader and the client resends the call there
+        // (where the invalid ones get their INVALID_ARGUMENT).
+        if leader_only(&parsed, deadline) {
+            self.ctx.check_leader_quorum()?;
+        }
+        // Concurrently, so the batcher puts them in the same Raft entries.
+        let outcomes = join_all(parsed.into_iter().map(|put| async move {
+            let result = match put {
+                Ok(put) => self.put_parsed(put, deadline).await,
+                Err(status) => Err(status),
+            };
+            let outcome = match result {
+                Ok(response) => v1::put_outcome::Outcome::Ok(response),
+                Err(status) => v1::put_outcome::Outcome::Error(v1::CallError {
+                    code: status.code() as i32,
+                    message: status.message().to_string(),
+                }),
+            };
+            v1::PutOutcome {
+                outcome: Some(outcome),
+            }
         }))
+        .await;
+        Ok(Response::new(v1::PutManyResponse { outcomes }))
     }
 
     async fn get(

@@ -35,15 +35,7 @@ async fn a_leader_is_elected_and_followers_redirect_to_it() {
         .await
         .expect_err("a follower does not accept writes");
     assert_eq!(error.code(), tonic::Code::Unavailable);
-    assert_eq!(
-        error
-            .metadata()
-            .get(metadata::LEADER_ID)
-            .unwrap()
-            .to_str()
-            .unwrap(),
-        leader.to_string()
-    );
+    assert_eq!(leader_named_by(&error), leader.to_string());
     assert!(
         error
             .message()
@@ -462,6 +454,12 @@ async fn concurrent_strong_writes_share_entries_and_each_gets_its_outcome() {
     assert_eq!(found.iter().filter(|f| **f).count(), 1, "{found:?}");
 }
 
+/// The leader id a "not leader" answer carries in its metadata.
+fn leader_named_by(status: &tonic::Status) -> &str {
+    let id = status.metadata().get(metadata::LEADER_ID);
+    id.expect("capkv-leader-id").to_str().expect("ASCII")
+}
+
 /// Runs futures concurrently (on this task) and returns their outputs in order.
 async fn futures_join_all<F: std::future::Future>(
     futures: impl Iterator<Item = F>,
@@ -492,4 +490,126 @@ async fn futures_join_all<F: std::future::Future>(
         .into_iter()
         .map(|r| r.expect("every future finished"))
         .collect()
+}
+
+/// `PutMany`: each put is answered on its own, as its own `Put` would be
+/// (a bad put fails alone, a retried request id gets its first outcome), the
+/// puts share log entries, a follower refuses a call of STRONG puts as a
+/// whole with the leader named, and the call's own limits are
+/// INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_many_answers_each_put_on_its_own() {
+    let cluster = TestCluster::start(3, |_| {}).await;
+    let leader = cluster.settled_leader().await;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let put = |key: &str, value: &str, options: v1::WriteOptions| v1::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        options: Some(options),
+    };
+    let first = write_options("many");
+    let puts = vec![
+        put("many-0", "zero", first.clone()),
+        put("many-1", "one", write_options("many")),
+        put("", "no key", write_options("many")),
+        // The first put again, with its request id and another value.
+        put("many-0", "zero again", first),
+    ];
+    let before = cluster.applied_index(leader);
+    let outcomes = cluster
+        .kv(leader)
+        .await
+        .put_many(v1::PutManyRequest { puts: puts.clone() })
+        .await
+        .expect("put_many on the leader")
+        .into_inner()
+        .outcomes;
+    assert_eq!(outcomes.len(), 4);
+    let ok = |i: usize| match &outcomes[i].outcome {
+        Some(v1::put_outcome::Outcome::Ok(response)) => response.clone(),
+        other => panic!("put {i}: {other:?}"),
+    };
+    let (zero, one, again) = (ok(0), ok(1), ok(3));
+    assert!(zero.version.is_some() && one.version.is_some());
+    assert_ne!(zero.version, one.version);
+    assert_eq!(again.version, zero.version, "one request id, one outcome");
+    match &outcomes[2].outcome {
+        Some(v1::put_outcome::Outcome::Error(error)) => {
+            assert_eq!(error.code, tonic::Code::InvalidArgument as i32);
+            assert!(error.message.contains("key"), "{}", error.message);
+        }
+        other => panic!("the put without a key: {other:?}"),
+    }
+    assert!(
+        cluster.applied_index(leader) - before < 3,
+        "three valid puts took {} entries",
+        cluster.applied_index(leader) - before
+    );
+    assert_eq!(cluster.must_get(follower, "many-0").await.value, b"zero");
+    assert_eq!(cluster.must_get(follower, "many-1").await.value, b"one");
+
+    // A follower refuses a call whose valid puts are all STRONG as a whole,
+    // naming the leader.
+    let refused = cluster
+        .kv(follower)
+        .await
+        .put_many(v1::PutManyRequest { puts })
+        .await
+        .expect_err("a follower takes no STRONG put");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(leader_named_by(&refused), leader.to_string());
+
+    // With a LOCAL put in it, the follower takes the call: the LOCAL put is
+    // stored there, the STRONG one fails alone as its own Put would.
+    let local = v1::WriteOptions {
+        consistency: v1::WriteConsistency::Local as i32,
+        ..write_options("many")
+    };
+    let mixed = vec![
+        put("many-local", "here", local),
+        put("many-strong", "there", write_options("many")),
+    ];
+    let outcomes = cluster
+        .kv(follower)
+        .await
+        .put_many(v1::PutManyRequest { puts: mixed })
+        .await
+        .expect("a mixed call on a follower")
+        .into_inner()
+        .outcomes;
+    assert!(matches!(
+        outcomes[0].outcome,
+        Some(v1::put_outcome::Outcome::Ok(_))
+    ));
+    match &outcomes[1].outcome {
+        Some(v1::put_outcome::Outcome::Error(error)) => {
+            assert_eq!(
+                error.code,
+                tonic::Code::Unavailable as i32,
+                "{}",
+                error.message
+            )
+        }
+        other => panic!("a STRONG put on a follower: {other:?}"),
+    }
+
+    // The call's own limits.
+    for (puts, words) in [
+        (Vec::new(), "at least one put"),
+        (
+            (0..1_001)
+                .map(|i| put(&format!("k{i}"), "v", write_options("many")))
+                .collect(),
+            "1001 puts, at most 1000",
+        ),
+    ] {
+        let status = cluster
+            .kv(leader)
+            .await
+            .put_many(v1::PutManyRequest { puts })
+            .await
+            .expect_err("over a limit");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(words), "{}", status.message());
+    }
 }
