@@ -59,10 +59,13 @@ pub struct ClientConfig {
     /// with [`crate::Client::with_write_level`].
     pub write_level: WriteLevel,
     /// When true, concurrent [`crate::Client::put`] calls of this client
-    /// (all its handles) share `PutMany` calls: fewer calls for the client
-    /// and the server to handle under load, at no added wait when the client
-    /// is idle (see the `coalesce` module). Each put keeps its own level,
-    /// request id and answer. Off by default.
+    /// (all its handles) share `PutMany` calls, at most two in flight per
+    /// route: fewer calls for the client and the server to handle. Each put
+    /// keeps its own level, request id and answer. An idle client's put is
+    /// sent at once; a put that finds both calls in flight waits for one to
+    /// return. That pays off with hundreds of concurrent writers (+16% STRONG
+    /// puts at 256, half the client's CPU) and costs with tens (-5% to -13%
+    /// at 16 to 64). Off by default.
     pub coalesce_puts: bool,
 }
 
