@@ -64,8 +64,9 @@ pub struct ClientConfig {
     /// keeps its own level, request id and answer. An idle client's put is
     /// sent at once; a put that finds both calls in flight waits for one to
     /// return. That pays off with hundreds of concurrent writers (+16% STRONG
-    /// puts at 256, half the client's CPU) and costs with tens (-5% to -13%
-    /// at 16 to 64). Off by default.
+    /// puts at 256 concurrent puts, half the client's CPU); with tens it
+    /// was anywhere from -13% to +22% on the benchmark machine. Off by
+    /// default.
     pub coalesce_puts: bool,
 }
 
