@@ -132,7 +132,7 @@ impl Client {
         };
         let timeout = deadline.saturating_duration_since(Instant::now());
         if timeout.is_zero() {
-            return answer_all(batch, || Answer::Alone);
+            return send_all_alone(batch);
         }
         let plan = CallPlan {
             route,
@@ -153,34 +153,34 @@ impl Client {
                 |channel, request| async move { kv_client(channel).put_many(request).await },
             )
             .await;
-        match result {
+        let error = match result {
             Ok(response) if response.outcomes.len() == count => {
                 for (outcome, answer) in response.outcomes.into_iter().zip(answers) {
                     let _ = answer.send(item_answer(outcome));
                 }
+                return;
             }
-            Ok(response) => {
-                let error = Error::InvalidResponse(format!(
-                    "PutMany answered {} outcomes for {count} puts",
-                    response.outcomes.len()
-                ));
-                for answer in answers {
-                    let _ = answer.send(Answer::Done(Err(error.clone())));
-                }
-            }
-            Err(Error::Server {
+            Ok(response) => Error::InvalidResponse(format!(
+                "PutMany answered {} outcomes for {count} puts",
+                response.outcomes.len()
+            )),
+            Err(error) => error,
+        };
+        // The call failed for every put. A node older than PutMany takes
+        // each one alone.
+        let unimplemented = matches!(
+            error,
+            Error::Server {
                 code: Code::Unimplemented,
                 ..
-            }) => {
-                for answer in answers {
-                    let _ = answer.send(Answer::Alone);
-                }
             }
-            Err(error) => {
-                for answer in answers {
-                    let _ = answer.send(Answer::Done(Err(error.clone())));
-                }
-            }
+        );
+        for answer in answers {
+            let _ = answer.send(if unimplemented {
+                Answer::Alone
+            } else {
+                Answer::Done(Err(error.clone()))
+            });
         }
     }
 }
@@ -209,7 +209,7 @@ async fn dispatch(shared: Weak<Shared>, route: Route, mut queued: mpsc::Receiver
             }
         }
         let Some(shared) = shared.upgrade() else {
-            return answer_all(batch, || Answer::Alone);
+            return send_all_alone(batch);
         };
         let client = Client::from_shared(shared);
         let route = route.clone();
@@ -224,9 +224,9 @@ fn put_bytes(put: &QueuedPut) -> usize {
     put.request.key.len() + put.request.value.len()
 }
 
-fn answer_all(batch: Vec<QueuedPut>, answer: impl Fn() -> Answer) {
+fn send_all_alone(batch: Vec<QueuedPut>) {
     for put in batch {
-        let _ = put.answer.send(answer());
+        let _ = put.answer.send(Answer::Alone);
     }
 }
 

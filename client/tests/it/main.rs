@@ -215,15 +215,15 @@ impl KvService for FakeKv {
         }
         let puts = request.into_inner().puts;
         self.put_many_calls.lock().unwrap().push(puts.len());
+        let error = |code: tonic::Code, message: &str| {
+            proto::put_outcome::Outcome::Error(proto::CallError {
+                code: code as i32,
+                message: message.to_string(),
+            })
+        };
         let outcomes = puts
             .iter()
             .map(|put| {
-                let error = |code: tonic::Code, message: &str| {
-                    proto::put_outcome::Outcome::Error(proto::CallError {
-                        code: code as i32,
-                        message: message.to_string(),
-                    })
-                };
                 let outcome = if put.key.starts_with(b"bad") {
                     error(tonic::Code::InvalidArgument, "key: refused by the fake")
                 } else if put.key.starts_with(b"busy") {
@@ -1136,18 +1136,24 @@ fn coalescing_config() -> ClientConfig {
     }
 }
 
-/// Runs `count` puts concurrently through `client` with keys
-/// `{prefix}-{i}`, returning their results in order.
+/// Keys `{prefix}-{i}` with values of `i + 1` bytes, `i` in `0..count`.
+fn numbered_puts(prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| (format!("{prefix}-{i}"), vec![b'x'; i + 1]))
+        .collect()
+}
+
+/// Runs `puts` concurrently through `client`, returning their results in
+/// order.
 async fn concurrent_puts(
     client: &Client,
-    prefix: &str,
-    count: usize,
+    puts: Vec<(String, Vec<u8>)>,
 ) -> Vec<Result<proto::PutResponse, Error>> {
-    let tasks: Vec<_> = (0..count)
-        .map(|i| {
+    let tasks: Vec<_> = puts
+        .into_iter()
+        .map(|(key, value)| {
             let client = client.clone();
-            let key = format!("{prefix}-{i}");
-            tokio::spawn(async move { client.put(key, vec![b'x'; i + 1]).await })
+            tokio::spawn(async move { client.put(key, value).await })
         })
         .collect();
     let mut results = Vec::new();
@@ -1164,7 +1170,7 @@ async fn coalesced_puts_share_calls_and_each_gets_its_own_answer() {
     // The follower first: the first call is redirected as a whole.
     let client = Client::with_config([follower_addr.as_str()], coalescing_config()).expect("valid");
     let puts = 200;
-    let results = concurrent_puts(&client, "k", puts).await;
+    let results = concurrent_puts(&client, numbered_puts("k", puts)).await;
     for (i, result) in results.iter().enumerate() {
         // The fake's version is the value's length: each put got its own.
         let version = result.as_ref().expect("put").version.expect("version");
@@ -1197,17 +1203,8 @@ async fn a_coalesced_put_that_fails_alone_is_answered_alone() {
     let (addr, fake) = kv_server("leader", 1, Behaviour::Answer, &log).await;
     let client = Client::with_config([addr.as_str()], coalescing_config()).expect("valid");
     let keys = ["ok-1", "bad-1", "busy-1", "ok-2"];
-    let tasks: Vec<_> = keys
-        .into_iter()
-        .map(|key| {
-            let client = client.clone();
-            tokio::spawn(async move { client.put(key, "v").await })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for task in tasks {
-        results.push(task.await.expect("put task"));
-    }
+    let puts = Vec::from(keys.map(|key| (key.to_string(), b"v".to_vec())));
+    let results = concurrent_puts(&client, puts).await;
     assert!(results[0].is_ok() && results[3].is_ok(), "{results:?}");
     assert_eq!(
         results[1],
@@ -1225,7 +1222,7 @@ async fn a_coalesced_put_that_fails_alone_is_answered_alone() {
 
     // A node without PutMany: every put goes alone and succeeds.
     *fake.no_put_many.lock().unwrap() = true;
-    let results = concurrent_puts(&client, "old", 20).await;
+    let results = concurrent_puts(&client, numbered_puts("old", 20)).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let alone = log
         .lock()
@@ -1245,7 +1242,7 @@ async fn a_coalesced_put_keeps_its_deadline_when_no_node_answers() {
     };
     let client = Client::with_config([dead.as_str()], config).expect("valid");
     let started = std::time::Instant::now();
-    let results = concurrent_puts(&client, "k", 5).await;
+    let results = concurrent_puts(&client, numbered_puts("k", 5)).await;
     assert!(results.iter().all(Result::is_err), "{results:?}");
     assert!(
         started.elapsed() < Duration::from_secs(3),

@@ -2,6 +2,7 @@
 //! and compare-and-set.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::future::join_all;
 
@@ -28,18 +29,23 @@ use crate::types::WriteOp;
 /// (`MAX_CLIENT_MESSAGE_BYTES`) bounds its bytes.
 pub const MAX_PUTS_PER_CALL: usize = 1_000;
 
-/// A put whose key, value and options are valid.
+/// A put whose key, value and options are valid, with the level it gets
+/// under the call's deadline.
 struct ParsedPut {
-    choice: validate::WriteChoice,
+    level: WriteLevel,
+    request_id: Vec<u8>,
+    session: v1::SessionToken,
     op: WriteOp,
 }
 
-fn parse_put(request: v1::PutRequest) -> Result<ParsedPut, Status> {
+fn parse_put(request: v1::PutRequest, deadline: Instant) -> Result<ParsedPut, Status> {
     validate::key("key", &request.key)?;
     validate::value("value", &request.value)?;
     let choice = validate::write_options(request.options.as_ref())?;
     Ok(ParsedPut {
-        choice,
+        level: write_level(&choice, deadline),
+        request_id: choice.request_id,
+        session: choice.session,
         op: WriteOp::Put {
             key: request.key,
             value: request.value,
@@ -48,10 +54,9 @@ fn parse_put(request: v1::PutRequest) -> Result<ParsedPut, Status> {
 }
 
 /// Whether some put is valid and every valid one is STRONG.
-fn leader_only(parsed: &[Result<ParsedPut, Status>], deadline: std::time::Instant) -> bool {
+fn leader_only(parsed: &[Result<ParsedPut, Status>]) -> bool {
     let mut valid = parsed.iter().filter_map(|put| put.as_ref().ok()).peekable();
-    valid.peek().is_some()
-        && valid.all(|put| matches!(write_level(&put.choice, deadline), WriteLevel::Strong))
+    valid.peek().is_some() && valid.all(|put| put.level == WriteLevel::Strong)
 }
 
 pub struct KvApi {
@@ -64,19 +69,11 @@ impl KvApi {
     }
 
     /// One put, as `Put` answers it.
-    async fn put_parsed(
-        &self,
-        put: ParsedPut,
-        deadline: std::time::Instant,
-    ) -> Result<v1::PutResponse, Status> {
-        let ParsedPut { choice, op } = put;
-        let written = self
-            .ctx
-            .write(write_level(&choice, deadline), choice.request_id, op)
-            .await?;
+    async fn put_parsed(&self, put: ParsedPut) -> Result<v1::PutResponse, Status> {
+        let written = self.ctx.write(put.level, put.request_id, put.op).await?;
         Ok(v1::PutResponse {
             version: written.versions().first().copied().map(to_proto_version),
-            meta: Some(self.ctx.write_meta(&written, choice.session)),
+            meta: Some(self.ctx.write_meta(&written, put.session)),
         })
     }
 }
@@ -88,8 +85,8 @@ impl KvService for KvApi {
         request: Request<v1::PutRequest>,
     ) -> Result<Response<v1::PutResponse>, Status> {
         let deadline = request_deadline(&request);
-        let put = parse_put(request.into_inner())?;
-        Ok(Response::new(self.put_parsed(put, deadline).await?))
+        let put = parse_put(request.into_inner(), deadline)?;
+        Ok(Response::new(self.put_parsed(put).await?))
     }
 
     async fn put_many(
@@ -109,18 +106,21 @@ impl KvService for KvApi {
                 puts.len()
             )));
         }
-        let parsed: Vec<Result<ParsedPut, Status>> = puts.into_iter().map(parse_put).collect();
+        let parsed: Vec<Result<ParsedPut, Status>> = puts
+            .into_iter()
+            .map(|put| parse_put(put, deadline))
+            .collect();
         // When every valid put is STRONG, each would be refused on its own
         // by a node that is not the leader: refuse the call as a whole, so
         // the status names the leader and the client resends the call there
         // (where the invalid ones get their INVALID_ARGUMENT).
-        if leader_only(&parsed, deadline) {
+        if leader_only(&parsed) {
             self.ctx.check_leader_quorum()?;
         }
         // Concurrently, so the batcher puts them in the same Raft entries.
         let outcomes = join_all(parsed.into_iter().map(|put| async move {
             let result = match put {
-                Ok(put) => self.put_parsed(put, deadline).await,
+                Ok(put) => self.put_parsed(put).await,
                 Err(status) => Err(status),
             };
             let outcome = match result {

@@ -6,6 +6,7 @@ use capkv_proto::v1;
 
 use crate::cluster::eventually;
 use crate::cluster::local_value;
+use crate::cluster::write_at;
 use crate::cluster::write_options;
 use crate::cluster::TestCluster;
 
@@ -454,6 +455,25 @@ async fn concurrent_strong_writes_share_entries_and_each_gets_its_outcome() {
     assert_eq!(found.iter().filter(|f| **f).count(), 1, "{found:?}");
 }
 
+/// A `PutMany` call sent to exactly node `id`, and its outcomes.
+async fn put_many(
+    cluster: &TestCluster,
+    id: u64,
+    puts: Vec<v1::PutRequest>,
+) -> Result<Vec<v1::PutOutcome>, tonic::Status> {
+    let request = v1::PutManyRequest { puts };
+    let response = cluster.kv(id).await.put_many(request).await?;
+    Ok(response.into_inner().outcomes)
+}
+
+/// The error of a put that failed in a `PutMany` call.
+fn failure_of(outcome: &v1::PutOutcome) -> &v1::CallError {
+    match &outcome.outcome {
+        Some(v1::put_outcome::Outcome::Error(error)) => error,
+        other => panic!("expected a failed put, got {other:?}"),
+    }
+}
+
 /// The leader id a "not leader" answer carries in its metadata.
 fn leader_named_by(status: &tonic::Status) -> &str {
     let id = status.metadata().get(metadata::LEADER_ID);
@@ -516,14 +536,9 @@ async fn put_many_answers_each_put_on_its_own() {
         put("many-0", "zero again", first),
     ];
     let before = cluster.applied_index(leader);
-    let outcomes = cluster
-        .kv(leader)
+    let outcomes = put_many(&cluster, leader, puts.clone())
         .await
-        .put_many(v1::PutManyRequest { puts: puts.clone() })
-        .await
-        .expect("put_many on the leader")
-        .into_inner()
-        .outcomes;
+        .expect("put_many on the leader");
     assert_eq!(outcomes.len(), 4);
     let ok = |i: usize| match &outcomes[i].outcome {
         Some(v1::put_outcome::Outcome::Ok(response)) => response.clone(),
@@ -533,13 +548,9 @@ async fn put_many_answers_each_put_on_its_own() {
     assert!(zero.version.is_some() && one.version.is_some());
     assert_ne!(zero.version, one.version);
     assert_eq!(again.version, zero.version, "one request id, one outcome");
-    match &outcomes[2].outcome {
-        Some(v1::put_outcome::Outcome::Error(error)) => {
-            assert_eq!(error.code, tonic::Code::InvalidArgument as i32);
-            assert!(error.message.contains("key"), "{}", error.message);
-        }
-        other => panic!("the put without a key: {other:?}"),
-    }
+    let error = failure_of(&outcomes[2]);
+    assert_eq!(error.code, tonic::Code::InvalidArgument as i32);
+    assert!(error.message.contains("key"), "{}", error.message);
     assert!(
         cluster.applied_index(leader) - before < 3,
         "three valid puts took {} entries",
@@ -550,10 +561,7 @@ async fn put_many_answers_each_put_on_its_own() {
 
     // A follower refuses a call whose valid puts are all STRONG as a whole,
     // naming the leader.
-    let refused = cluster
-        .kv(follower)
-        .await
-        .put_many(v1::PutManyRequest { puts })
+    let refused = put_many(&cluster, follower, puts)
         .await
         .expect_err("a follower takes no STRONG put");
     assert_eq!(refused.code(), tonic::Code::Unavailable);
@@ -561,37 +569,28 @@ async fn put_many_answers_each_put_on_its_own() {
 
     // With a LOCAL put in it, the follower takes the call: the LOCAL put is
     // stored there, the STRONG one fails alone as its own Put would.
-    let local = v1::WriteOptions {
-        consistency: v1::WriteConsistency::Local as i32,
-        ..write_options("many")
-    };
     let mixed = vec![
-        put("many-local", "here", local),
+        put(
+            "many-local",
+            "here",
+            write_at(v1::WriteConsistency::Local, None),
+        ),
         put("many-strong", "there", write_options("many")),
     ];
-    let outcomes = cluster
-        .kv(follower)
+    let outcomes = put_many(&cluster, follower, mixed)
         .await
-        .put_many(v1::PutManyRequest { puts: mixed })
-        .await
-        .expect("a mixed call on a follower")
-        .into_inner()
-        .outcomes;
+        .expect("a mixed call on a follower");
     assert!(matches!(
         outcomes[0].outcome,
         Some(v1::put_outcome::Outcome::Ok(_))
     ));
-    match &outcomes[1].outcome {
-        Some(v1::put_outcome::Outcome::Error(error)) => {
-            assert_eq!(
-                error.code,
-                tonic::Code::Unavailable as i32,
-                "{}",
-                error.message
-            )
-        }
-        other => panic!("a STRONG put on a follower: {other:?}"),
-    }
+    let error = failure_of(&outcomes[1]);
+    assert_eq!(
+        error.code,
+        tonic::Code::Unavailable as i32,
+        "{}",
+        error.message
+    );
 
     // The call's own limits.
     for (puts, words) in [
@@ -603,10 +602,7 @@ async fn put_many_answers_each_put_on_its_own() {
             "1001 puts, at most 1000",
         ),
     ] {
-        let status = cluster
-            .kv(leader)
-            .await
-            .put_many(v1::PutManyRequest { puts })
+        let status = put_many(&cluster, leader, puts)
             .await
             .expect_err("over a limit");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
