@@ -25,10 +25,6 @@ use super::NodeContext;
 use crate::types::Expected;
 use crate::types::WriteOp;
 
-/// The most puts one `PutMany` call carries. The message size limit
-/// (`MAX_CLIENT_MESSAGE_BYTES`) bounds its bytes.
-pub const MAX_PUTS_PER_CALL: usize = 1_000;
-
 /// A put whose key, value and options are valid, with the level it gets
 /// under the call's deadline.
 struct ParsedPut {
@@ -95,17 +91,7 @@ impl KvService for KvApi {
     ) -> Result<Response<v1::PutManyResponse>, Status> {
         let deadline = request_deadline(&request);
         let puts = request.into_inner().puts;
-        if puts.is_empty() {
-            return Err(Status::invalid_argument(
-                "puts: at least one put is required",
-            ));
-        }
-        if puts.len() > MAX_PUTS_PER_CALL {
-            return Err(Status::invalid_argument(format!(
-                "puts: {} puts, at most {MAX_PUTS_PER_CALL} in one call",
-                puts.len()
-            )));
-        }
+        validate::item_count("puts", "put", puts.len(), validate::MAX_PUTS_PER_CALL)?;
         let parsed: Vec<Result<ParsedPut, Status>> = puts
             .into_iter()
             .map(|put| parse_put(put, deadline))

@@ -23,6 +23,9 @@ pub const MAX_TAG_VALUE_BYTES: usize = 256;
 /// Readings in one PutReadings request, which is one Raft entry. At the
 /// largest reading this is a ~90 MB entry; typical readings make ~1 MB.
 pub const MAX_READINGS_PER_BATCH: usize = 10_000;
+/// Puts in one `PutMany` call; each is applied and answered on its own.
+/// The message size limit (`MAX_CLIENT_MESSAGE_BYTES`) bounds their bytes.
+pub const MAX_PUTS_PER_CALL: usize = 1_000;
 /// 9999-12-31T23:59:59.999Z: the last instant RFC 3339 can write.
 pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 /// Request ids are client-generated (a UUID is 16 bytes).
@@ -103,18 +106,28 @@ fn tags(field: &str, tags: &HashMap<String, String>) -> Result<Vec<(String, Stri
     Ok(sorted)
 }
 
-pub fn readings(readings: &[v1::Reading]) -> Result<Vec<ReadingWrite>, ApiError> {
-    if readings.is_empty() {
-        return Err(ApiError::invalid(
-            "readings is empty: a batch needs at least one reading",
-        ));
-    }
-    if readings.len() > MAX_READINGS_PER_BATCH {
+/// A repeated field of 1 to `max` items; `item` names one.
+pub fn item_count(field: &str, item: &str, count: usize, max: usize) -> Result<(), ApiError> {
+    if count == 0 {
         return Err(ApiError::invalid(format!(
-            "readings has {} entries, more than the limit of {MAX_READINGS_PER_BATCH} per request",
-            readings.len()
+            "{field} is empty: a request needs at least one {item}"
         )));
     }
+    if count > max {
+        return Err(ApiError::invalid(format!(
+            "{field} has {count} entries, more than the limit of {max} per request"
+        )));
+    }
+    Ok(())
+}
+
+pub fn readings(readings: &[v1::Reading]) -> Result<Vec<ReadingWrite>, ApiError> {
+    item_count(
+        "readings",
+        "reading",
+        readings.len(),
+        MAX_READINGS_PER_BATCH,
+    )?;
     readings
         .iter()
         .enumerate()

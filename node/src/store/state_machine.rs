@@ -1289,6 +1289,23 @@ mod tests {
         assert_eq!(newest.map(|row| row.timestamp_ms), Some(699));
     }
 
+    /// An entry at `index` of `writes`.
+    fn writes_entry(index: u64, writes: Vec<WriteCommand>) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Writes(writes)),
+        }
+    }
+
+    /// Applies `entry`, one `Command::Writes`, and returns its outcomes.
+    fn apply_writes(store: &mut StateMachineStore, entry: Entry) -> Vec<WriteOutcome> {
+        let results = store.apply_entries(vec![entry]).expect("apply");
+        match <[CommandResult; 1]>::try_from(results) {
+            Ok([CommandResult::Writes(outcomes)]) => outcomes,
+            other => panic!("one Writes result, got {other:?}"),
+        }
+    }
+
     /// An entry at `index` of puts, each with its request id.
     fn puts_entry(index: u64, request_ids: &[&str]) -> Entry {
         let writes = request_ids
@@ -1302,10 +1319,7 @@ mod tests {
                 },
             })
             .collect();
-        Entry {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Command::Writes(writes)),
-        }
+        writes_entry(index, writes)
     }
 
     /// For each write of the entry: whether it was answered from the
@@ -1315,13 +1329,7 @@ mod tests {
         index: u64,
         request_ids: &[&str],
     ) -> Vec<(bool, Version)> {
-        let results = store
-            .apply_entries(vec![puts_entry(index, request_ids)])
-            .expect("apply");
-        let [CommandResult::Writes(outcomes)] = results.as_slice() else {
-            panic!("one Writes result, got {results:?}");
-        };
-        outcomes
+        apply_writes(store, puts_entry(index, request_ids))
             .iter()
             .map(|o| (o.deduplicated, o.versions[0]))
             .collect()
@@ -1509,18 +1517,12 @@ mod tests {
                         key: key.as_bytes().to_vec(),
                     },
                 };
-                let entry = Entry {
-                    log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
-                    payload: EntryPayload::Normal(Command::Writes(vec![WriteCommand {
-                        request_id: request_id.as_bytes().to_vec(),
-                        version,
-                        op,
-                    }])),
+                let write = WriteCommand {
+                    request_id: request_id.as_bytes().to_vec(),
+                    version,
+                    op,
                 };
-                let results = store.apply_entries(vec![entry]).expect("apply");
-                let [CommandResult::Writes(outcomes)] = results.as_slice() else {
-                    panic!("one Writes result, got {results:?}");
-                };
+                let outcomes = apply_writes(&mut store, writes_entry(index, vec![write]));
                 (outcomes[0].versions[0], outcomes[0].existed)
             };
         // Past everything stored: its own version.

@@ -599,7 +599,7 @@ async fn put_many_answers_each_put_on_its_own() {
             (0..1_001)
                 .map(|i| put(&format!("k{i}"), "v", write_options("many")))
                 .collect(),
-            "1001 puts, at most 1000",
+            "1001 entries, more than the limit of 1000",
         ),
     ] {
         let status = put_many(&cluster, leader, puts)
