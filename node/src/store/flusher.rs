@@ -2,8 +2,8 @@
 //! waiting at that moment.
 //!
 //! Every durable write of a node goes through a [`Flusher`]: Raft log appends
-//! through the write-ahead log's (`fdatasync`), the vote, LOCAL writes and
-//! snapshot builds through sled's (`Db::flush`), never through sled's
+//! and LOCAL writes through their write-ahead logs' (`fdatasync`), the vote
+//! and snapshot builds through sled's (`Db::flush`), never through sled's
 //! `flush_async`. Two reasons:
 //! - **Group commit.** A writer writes, then registers here; the flush
 //!   thread takes every registration queued so far, makes the store durable

@@ -11,13 +11,16 @@
 //! | `conflicts`     | conflict sequence number, u64 big-endian   | bincode `ConflictRecord`      |
 //! | `sm_intent`     | `header`, or chunk number u32 big-endian   | the last apply call's writes (`staged.rs`) |
 //!
-//! Node-local trees (never replicated, not in snapshots): the provisional
-//! store of LOCAL writes this node accepted and has not yet seen reconciled.
+//! Node-local trees (never replicated, not in snapshots): the indexes of
+//! the provisional store of LOCAL writes this node accepted and has not yet
+//! seen reconciled. The writes themselves (bincode `PendingWrite` by seq)
+//! are in the provisional log (`prov-log/`, `provisional.rs`); these trees
+//! are never flushed for a write and are rebuilt from that log at open.
 //!
 //! | tree            | key                                        | value                         |
 //! |-----------------|--------------------------------------------|-------------------------------|
-//! | `prov_log`      | provisional seq, u64 big-endian            | bincode `PendingWrite`        |
-//! | `prov_meta`     | `next_seq`                                 | u64 big-endian                |
+//! | `prov_log`      | provisional seq, u64 big-endian (legacy: moved into `prov-log/` at open) | bincode `PendingWrite` |
+//! | `prov_meta`     | `next_seq` (legacy: read at open, never written) | u64 big-endian          |
 //! | `prov_kv`       | the user key bytes                         | bincode `Indexed<StoredValue>`|
 //! | `prov_readings` | u16 BE len(sensor) ++ sensor ++ u64 BE ts (one row per reading) | bincode `Indexed<StoredReading>` |
 //! | `prov_requests` | the request id bytes                       | provisional seq, u64 BE       |

@@ -25,6 +25,7 @@ use openraft::Vote;
 use super::flusher::FlushThreadExit;
 use super::io_err;
 use super::keys;
+use super::wal::lock;
 use super::wal::Wal;
 use super::Flusher;
 use crate::types::Entry;
@@ -148,10 +149,6 @@ impl LogStore {
             .flatten()
             .map(|id| id.index)
     }
-}
-
-fn lock(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
-    wal.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Data directories written before the WAL kept the log in sled's

@@ -1,6 +1,7 @@
-//! Storage: the Raft log is a write-ahead log of plain files ([`wal`]); one
-//! sled database per node holds the vote, the state machine, the request-id
-//! table and the provisional store; snapshots live in files beside them.
+//! Storage: the Raft log and the provisional store's log of LOCAL writes are
+//! write-ahead logs of plain files ([`wal`]); one sled database per node
+//! holds the vote, the state machine, the request-id table and the
+//! provisional store's indexes; snapshots live in files beside them.
 //!
 //! The sled key layout is documented in [`keys`], next to the code that
 //! encodes it.
@@ -40,6 +41,9 @@ pub const SLED_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The Raft log's directory under the data directory.
 pub const WAL_DIR: &str = "raft-log";
+
+/// The provisional store's log (LOCAL writes) under the data directory.
+pub const PROVISIONAL_DIR: &str = "prov-log";
 
 /// The sled database's directory under the node's data directory.
 pub const SLED_DIR: &str = "db";
@@ -101,6 +105,8 @@ pub fn open(data_dir: &Path, clock: Arc<HybridClock>) -> Result<Stores, StorageE
     let (flusher, sled_flush_exit) =
         Flusher::for_sled(db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
     let (log, wal_flush_exit) = LogStore::open(&db, &data_dir.join(WAL_DIR), flusher.clone())?;
+    let (provisional, provisional_flush_exit) =
+        ProvisionalStore::open(&db, &data_dir.join(PROVISIONAL_DIR))?;
     Ok(Stores {
         log,
         state_machine: StateMachineStore::open(
@@ -109,8 +115,8 @@ pub fn open(data_dir: &Path, clock: Arc<HybridClock>) -> Result<Stores, StorageE
             &data_dir.join("snapshots"),
             clock,
         )?,
-        provisional: ProvisionalStore::open(&db, flusher)?,
-        flush_threads: vec![wal_flush_exit, sled_flush_exit],
+        provisional,
+        flush_threads: vec![wal_flush_exit, provisional_flush_exit, sled_flush_exit],
     })
 }
 

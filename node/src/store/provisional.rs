@@ -2,11 +2,34 @@
 //! seen reconciled into the Raft log. Node-local: never replicated, never in
 //! a snapshot.
 //!
-//! A LOCAL write is acknowledged only after it is flushed here, so it
-//! survives `kill -9`. It stays until the reconciler has seen it committed
-//! and applied on this node; only then is it removed, so an EVENTUAL read on
-//! this node sees it without a gap.
+//! The truth is a write-ahead log of its own (`prov-log/`, the [`Wal`] of
+//! the Raft log), one record per write by seq. A LOCAL write is
+//! acknowledged only after its record is synced (`fdatasync`, shared by
+//! every write queued meanwhile), so it survives `kill -9` and power loss.
+//! The key, reading and request-id indexes are sled trees that are never
+//! flushed for a write: they are cleared and rebuilt from the log at open.
+//! Kept in sled and flushed per write, the same store cost its node ~18% of
+//! its CPU in sled's I/O threads under LOCAL load (issue 5).
+//!
+//! A write stays until the reconciler has seen it committed and applied on
+//! this node; only then is it removed, so an EVENTUAL read on this node sees
+//! it without a gap. Writes are removed oldest first, so the pending writes
+//! are always the seqs after `removed_upto`.
+//!
+//! Two invariants keep seqs unique, which reconciliation depends on (the
+//! state machine skips every seq at or below an origin's high-water mark):
+//! - The log keeps its newest record even once it is removed, so the next
+//!   seq after a restart is past every seq ever given.
+//! - The reconciler sees only synced writes ([`ProvisionalStore::oldest`]).
+//!   A write proposed before its sync could be cut off as a torn tail after
+//!   a crash, and its seq given again to a new write that reconciliation
+//!   would then skip.
 
+use std::fs::File;
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,6 +38,7 @@ use std::sync::Mutex;
 use openraft::ErrorSubject;
 use openraft::ErrorVerb;
 
+use super::flusher::FlushThreadExit;
 use super::io_err;
 use super::keys;
 use super::keys::Indexed;
@@ -22,6 +46,8 @@ use super::keys::PendingWrite;
 use super::keys::ReadingRow;
 use super::keys::StoredReading;
 use super::keys::StoredValue;
+use super::wal::lock;
+use super::wal::Wal;
 use super::Flusher;
 use crate::types::ProvisionalWrite;
 use crate::types::RequestId;
@@ -34,29 +60,59 @@ use crate::types::WriteOp;
 /// enough cannot fill the disk. At ~200 bytes a write this is ~200 MB.
 pub const MAX_PENDING_PROVISIONAL_WRITES: usize = 1_000_000;
 
-/// The most bytes of pending provisional writes (encoded, as in `prov_log`;
+/// The most bytes of pending provisional writes (encoded, as in the log;
 /// the indexes take about as much again). One write can be a 16 MiB batch of
 /// readings, so the count limit alone does not bound the disk.
 pub const MAX_PENDING_PROVISIONAL_BYTES: usize = 256 * 1024 * 1024;
 
-#[derive(Clone, Debug)]
+/// Records read from the log per step when the indexes are rebuilt at open.
+const REBUILD_BATCH_RECORDS: usize = 4_096;
+/// Bytes read from the log per step when the indexes are rebuilt at open.
+const REBUILD_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// The file in the log's directory that holds `removed_upto`: written (not
+/// synced) at every removal, so after `kill -9` the node does not propose
+/// writes again that it already saw reconciled. A stale value (power loss)
+/// costs only that: the state machine skips those writes.
+const REMOVED_UPTO_FILE: &str = "removed-upto";
+
+#[derive(Clone)]
 pub struct ProvisionalStore {
+    /// The log of accepted writes. Its lock is also the store's critical
+    /// section: a write is stamped, given its seq, logged and indexed under
+    /// it, so seq order and version order agree (not during the sync, which
+    /// concurrent writes share).
+    wal: Arc<Mutex<Wal>>,
+    /// Syncs `wal`.
     flusher: Flusher,
-    log: sled::Tree,
-    meta: sled::Tree,
     kv: sled::Tree,
     readings: sled::Tree,
     requests: sled::Tree,
-    /// Held while a write is stamped and stored, so seq order and version
-    /// order agree (not during the flush, which concurrent writes share).
-    accepting: Arc<Mutex<()>>,
-    /// Writes in `log`, kept here because sled's `len` walks the whole tree
-    /// (with 35k pending it was 16% of a node's CPU under LOCAL load).
+    /// The seq the next accepted write gets. Every seq below it was accepted.
+    next_seq: Arc<AtomicU64>,
+    /// Every seq at or below it is synced.
+    synced_upto: Arc<AtomicU64>,
+    /// Every seq at or below it is removed (reconciled and applied here).
+    removed_upto: Arc<AtomicU64>,
+    removed_upto_file: Arc<File>,
+    /// Writes pending, kept here because counting them means reading the
+    /// log (sled's `len`, when they were in sled, walked the whole tree: with
+    /// 35k pending it was 16% of a node's CPU under LOCAL load).
     pending: Arc<AtomicUsize>,
-    /// The encoded bytes of the writes in `log`.
+    /// The encoded bytes of the pending writes.
     pending_bytes: Arc<AtomicUsize>,
     /// [`MAX_PENDING_PROVISIONAL_BYTES`], lower in tests.
     max_pending_bytes: usize,
+}
+
+impl std::fmt::Debug for ProvisionalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProvisionalStore")
+            .field("next_seq", &self.next_seq.load(Ordering::Relaxed))
+            .field("removed_upto", &self.removed_upto.load(Ordering::Relaxed))
+            .field("pending", &self.pending_count())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A LOCAL write as accepted: its seq and the version of each item.
@@ -105,32 +161,55 @@ fn item_versions(op: &WriteOp, version: Version) -> Vec<Version> {
 }
 
 impl ProvisionalStore {
-    pub fn open(db: &sled::Db, flusher: Flusher) -> Result<Self, StorageError> {
+    /// Opens the log in `dir` (moving the writes of an older data directory's
+    /// `prov_log` tree into it), rebuilds the indexes in `db`, and starts the
+    /// log's flush thread (whose end the caller awaits at shutdown).
+    pub fn open(db: &sled::Db, dir: &Path) -> Result<(Self, FlushThreadExit), StorageError> {
         let open = |name| db.open_tree(name).map_err(read_err);
+        let mut wal = Wal::open_as(dir, "provisional log").map_err(read_err)?;
+        // Records written before a crash may be in the page cache only; the
+        // reconciler treats every record found here as synced.
+        wal.sync().map_err(write_err)?;
+        let legacy_next_seq = migrate_sled_log(db, &open(keys::PROV_LOG_TREE)?, &mut wal)?;
+        let removed_upto_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(REMOVED_UPTO_FILE))
+            .map_err(read_err)?;
+        let removed_upto = read_removed_upto(&removed_upto_file)
+            .max(wal.first_index().unwrap_or(1).saturating_sub(1));
+        let last = wal.last_index().unwrap_or(0);
+        let next_seq = (last + 1).max(legacy_next_seq).max(removed_upto + 1);
+        purge_removed(&mut wal, removed_upto)?;
+        let wal = Arc::new(Mutex::new(wal));
+        let sync_wal = wal.clone();
+        let (flusher, exit) = Flusher::start("capkv-prov-sync", move || {
+            lock(&sync_wal).take_unsynced().run()
+        })
+        .map_err(write_err)?;
         let store = Self {
+            wal,
             flusher,
-            log: open(keys::PROV_LOG_TREE)?,
-            meta: open(keys::PROV_META_TREE)?,
             kv: open(keys::PROV_KV_TREE)?,
             readings: open(keys::PROV_READINGS_TREE)?,
             requests: open(keys::PROV_REQUESTS_TREE)?,
-            accepting: Arc::new(Mutex::new(())),
+            next_seq: Arc::new(AtomicU64::new(next_seq)),
+            synced_upto: Arc::new(AtomicU64::new(last)),
+            removed_upto: Arc::new(AtomicU64::new(removed_upto)),
+            removed_upto_file: Arc::new(removed_upto_file),
             pending: Arc::new(AtomicUsize::new(0)),
             pending_bytes: Arc::new(AtomicUsize::new(0)),
             max_pending_bytes: MAX_PENDING_PROVISIONAL_BYTES,
         };
         store.rebuild_indexes()?;
-        Ok(store)
+        Ok((store, exit))
     }
 
     /// The seq the next accepted write gets. Every seq below it was accepted.
     pub fn next_seq(&self) -> u64 {
-        self.meta
-            .get(keys::NEXT_SEQ_KEY)
-            .ok()
-            .flatten()
-            .and_then(|v| keys::decode_u64(&v))
-            .unwrap_or(1)
+        self.next_seq.load(Ordering::Acquire)
     }
 
     /// Stores a LOCAL write durably and returns its seq. `make_version` is
@@ -152,34 +231,28 @@ impl ProvisionalStore {
             .into());
         }
         let accepted = {
-            let _accepting = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
-            match self.pending_retry(&request_id)? {
+            let mut wal = lock(&self.wal);
+            match self.pending_retry(&wal, &request_id)? {
                 Some(accepted) => accepted,
                 None => {
                     let version = make_version();
                     let seq = self.next_seq();
-                    let write = ProvisionalWrite {
-                        seq,
-                        request_id: request_id.clone(),
-                        version,
-                        op,
-                    };
-                    // The log entry is the truth; the indexes are derived from it
-                    // (and rebuilt from it at startup), so a crash between these
-                    // writes leaves nothing inconsistent behind.
                     let pending = PendingWrite {
-                        write,
+                        write: ProvisionalWrite {
+                            seq,
+                            request_id,
+                            version,
+                            op,
+                        },
                         accepted_at_ms,
                     };
                     let encoded = keys::encode(&pending);
                     let adding = encoded.len();
                     self.check_room(adding)?;
-                    self.meta
-                        .insert(keys::NEXT_SEQ_KEY, &keys::log_index_key(seq + 1))
-                        .map_err(write_err)?;
-                    self.log
-                        .insert(keys::log_index_key(seq), encoded)
-                        .map_err(write_err)?;
+                    // The log record is the truth; the indexes are derived
+                    // from it (and rebuilt from it at open).
+                    wal.append(&[(seq, encoded)]).map_err(write_err)?;
+                    self.next_seq.store(seq + 1, Ordering::Release);
                     self.index(&pending.write)?;
                     self.pending.fetch_add(1, Ordering::Relaxed);
                     self.pending_bytes.fetch_add(adding, Ordering::Relaxed);
@@ -192,13 +265,16 @@ impl ProvisionalStore {
             }
         };
         self.flusher.flush().await.map_err(write_err)?;
+        // This sync began after the write was logged, and every smaller seq
+        // was logged before it.
+        self.synced_upto.fetch_max(accepted.seq, Ordering::AcqRel);
         Ok(accepted)
     }
 
     /// Whether a new write of `adding` encoded bytes fits both limits. Called
-    /// under `accepting`, which every change of the counts holds, so the
-    /// limits are exact; a retry of a pending write is not a new write and is
-    /// answered even when the store is full.
+    /// in the critical section, which every change of the counts holds, so
+    /// the limits are exact; a retry of a pending write is not a new write
+    /// and is answered even when the store is full.
     fn check_room(&self, adding: usize) -> Result<(), AcceptError> {
         if self.pending_count() >= MAX_PENDING_PROVISIONAL_WRITES {
             return Err(AcceptError::Full);
@@ -215,7 +291,11 @@ impl ProvisionalStore {
     }
 
     /// The earlier acceptance of a retried write still pending here.
-    fn pending_retry(&self, request_id: &[u8]) -> Result<Option<Accepted>, StorageError> {
+    fn pending_retry(
+        &self,
+        wal: &Wal,
+        request_id: &[u8],
+    ) -> Result<Option<Accepted>, StorageError> {
         if request_id.is_empty() {
             return Ok(None);
         }
@@ -223,7 +303,10 @@ impl ProvisionalStore {
             return Ok(None);
         };
         let seq = keys::decode_u64(&seq).unwrap_or(0);
-        let Some(bytes) = self.log.get(keys::log_index_key(seq)).map_err(read_err)? else {
+        if seq <= self.removed_upto.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let Some((_, bytes)) = wal.read(seq..=seq).map_err(read_err)?.pop() else {
             return Ok(None);
         };
         let pending: PendingWrite = keys::decode(&bytes).map_err(read_err)?;
@@ -281,50 +364,75 @@ impl ProvisionalStore {
         Ok(())
     }
 
-    /// Rebuilds the indexes from the pending writes (at startup: the log is
-    /// the truth, the indexes may be behind it after a crash).
+    /// Rebuilds the indexes from the pending writes (at open: the log is the
+    /// truth, the indexes are never flushed for a write).
     fn rebuild_indexes(&self) -> Result<(), StorageError> {
         for tree in [&self.kv, &self.readings, &self.requests] {
             tree.clear().map_err(write_err)?;
         }
         let (mut count, mut bytes) = (0, 0);
-        for row in self.log.iter() {
-            let (_, value) = row.map_err(read_err)?;
-            let pending: PendingWrite = keys::decode(&value).map_err(read_err)?;
-            self.index(&pending.write)?;
-            count += 1;
-            bytes += value.len();
+        let mut from = self.removed_upto.load(Ordering::Acquire) + 1;
+        loop {
+            let records = lock(&self.wal)
+                .read_batch(from.., REBUILD_BATCH_RECORDS, REBUILD_BATCH_BYTES)
+                .map_err(read_err)?;
+            let Some((last, _)) = records.last() else {
+                break;
+            };
+            from = last + 1;
+            for (_, value) in records {
+                let pending: PendingWrite = keys::decode(&value).map_err(read_err)?;
+                self.index(&pending.write)?;
+                count += 1;
+                bytes += value.len();
+            }
         }
         self.pending.store(count, Ordering::Relaxed);
         self.pending_bytes.store(bytes, Ordering::Relaxed);
         Ok(())
     }
 
-    /// The oldest pending writes in seq order: at most `max_writes`, and at
-    /// most about `max_bytes` encoded (always at least one).
+    /// The oldest pending writes that are synced, in seq order: at most
+    /// `max_writes`, and at most about `max_bytes` encoded (always at least
+    /// one, if any is pending and synced).
     pub fn oldest(
         &self,
         max_writes: usize,
         max_bytes: usize,
     ) -> Result<Vec<ProvisionalWrite>, StorageError> {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for row in self.log.iter() {
-            let (_, value) = row.map_err(read_err)?;
-            if !batch.is_empty() && (batch.len() >= max_writes || bytes + value.len() > max_bytes) {
-                break;
-            }
-            bytes += value.len();
-            let pending: PendingWrite = keys::decode(&value).map_err(read_err)?;
-            batch.push(pending.write);
+        let from = self.removed_upto.load(Ordering::Acquire) + 1;
+        let upto = self.synced_upto.load(Ordering::Acquire);
+        if upto < from {
+            return Ok(Vec::new());
         }
-        Ok(batch)
+        let records = lock(&self.wal)
+            .read_batch(from..=upto, max_writes, max_bytes)
+            .map_err(read_err)?;
+        records
+            .iter()
+            .map(|(_, value)| Ok(keys::decode::<PendingWrite>(value).map_err(read_err)?.write))
+            .collect()
     }
 
-    /// Removes writes that are committed and applied on this node. An index
-    /// entry is removed only by the write that put it there.
+    /// Removes writes that are committed and applied on this node: the
+    /// oldest pending ones, as [`ProvisionalStore::oldest`] gave them.
+    /// Writes already removed are skipped. An index entry is removed only by
+    /// the write that put it there.
     pub fn remove(&self, writes: &[ProvisionalWrite]) -> Result<(), StorageError> {
-        let _accepting = self.accepting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wal = lock(&self.wal);
+        let removed_upto = self.removed_upto.load(Ordering::Acquire);
+        let writes: Vec<&ProvisionalWrite> =
+            writes.iter().filter(|w| w.seq > removed_upto).collect();
+        let Some(last) = writes.last().map(|w| w.seq) else {
+            return Ok(());
+        };
+        if writes.iter().map(|w| w.seq).ne(removed_upto + 1..=last) {
+            return Err(write_err(std::io::Error::other(format!(
+                "removing provisional writes {:?} out of order: the oldest pending is {}",
+                writes.iter().map(|w| w.seq).collect::<Vec<_>>(),
+                removed_upto + 1
+            ))));
+        }
         // `seq` is the first field of `Indexed`: decoding just it says which
         // write an index entry belongs to.
         let owned_by = |entry: Option<sled::IVec>, seq: u64| {
@@ -334,7 +442,7 @@ impl ProvisionalStore {
                     .unwrap_or(false)
             })
         };
-        for write in writes {
+        for write in &writes {
             match &write.op {
                 WriteOp::PutReadings(batch) => {
                     for r in batch {
@@ -352,25 +460,25 @@ impl ProvisionalStore {
                     }
                 }
             }
-            let seq_key = keys::log_index_key(write.seq);
             if !write.request_id.is_empty()
                 && self
                     .requests
                     .get(&write.request_id)
                     .map_err(read_err)?
-                    .is_some_and(|s| *s == seq_key)
+                    .is_some_and(|s| *s == keys::log_index_key(write.seq))
             {
                 self.requests
                     .remove(write.request_id.as_slice())
                     .map_err(write_err)?;
             }
-            if let Some(removed) = self.log.remove(seq_key).map_err(write_err)? {
-                self.pending.fetch_sub(1, Ordering::Relaxed);
-                self.pending_bytes
-                    .fetch_sub(removed.len(), Ordering::Relaxed);
-            }
         }
-        Ok(())
+        let bytes = wal.payload_bytes(removed_upto + 1..=last);
+        self.removed_upto.store(last, Ordering::Release);
+        self.pending.fetch_sub(writes.len(), Ordering::Relaxed);
+        self.pending_bytes
+            .fetch_sub(bytes as usize, Ordering::Relaxed);
+        write_removed_upto(&self.removed_upto_file, last).map_err(write_err)?;
+        purge_removed(&mut wal, last)
     }
 
     pub fn pending_count(&self) -> usize {
@@ -385,7 +493,8 @@ impl ProvisionalStore {
 
     /// When the oldest pending write was accepted (node wall clock, ms).
     pub fn oldest_accepted_at_ms(&self) -> Option<u64> {
-        let (_, value) = self.log.first().ok().flatten()?;
+        let from = self.removed_upto.load(Ordering::Acquire) + 1;
+        let (_, value) = lock(&self.wal).read_batch(from.., 1, 0).ok()?.pop()?;
         keys::decode::<PendingWrite>(&value)
             .ok()
             .map(|p| p.accepted_at_ms)
@@ -423,6 +532,76 @@ impl ProvisionalStore {
             descending,
         )
     }
+}
+
+/// Forgets the removed records up to `removed_upto` and deletes the log
+/// segments that hold nothing else, except the newest record: it keeps the
+/// next seq over a restart.
+fn purge_removed(wal: &mut Wal, removed_upto: u64) -> Result<(), StorageError> {
+    let newest = wal.last_index().unwrap_or(0);
+    wal.purge_upto(removed_upto.min(newest.saturating_sub(1)))
+        .map_err(write_err)
+}
+
+/// `removed_upto` as last written, or 0 when the file is new or its
+/// checksum does not match (a torn write): writes are then proposed again,
+/// and skipped by the state machine.
+fn read_removed_upto(file: &File) -> u64 {
+    let mut bytes = [0u8; 12];
+    if file.read_exact_at(&mut bytes, 0).is_err() {
+        return 0;
+    }
+    let (value, crc) = bytes.split_at(8);
+    let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    if crc32fast::hash(value) != crc {
+        return 0;
+    }
+    u64::from_le_bytes(value.try_into().expect("8 bytes"))
+}
+
+fn write_removed_upto(file: &File, upto: u64) -> std::io::Result<()> {
+    let value = upto.to_le_bytes();
+    let mut bytes = [0u8; 12];
+    bytes[..8].copy_from_slice(&value);
+    bytes[8..].copy_from_slice(&crc32fast::hash(&value).to_le_bytes());
+    file.write_all_at(&bytes, 0)
+}
+
+/// Data directories written before the provisional log kept the writes in
+/// sled's `prov_log` tree and the next seq in `prov_meta`: moves the writes
+/// into the log once, durably, and returns that next seq (1 when none was
+/// kept). `prov_meta` is left as it is and read at every open.
+fn migrate_sled_log(db: &sled::Db, tree: &sled::Tree, wal: &mut Wal) -> Result<u64, StorageError> {
+    let legacy_next_seq = db
+        .open_tree(keys::PROV_META_TREE)
+        .map_err(read_err)?
+        .get(keys::NEXT_SEQ_KEY)
+        .map_err(read_err)?
+        .and_then(|v| keys::decode_u64(&v))
+        .unwrap_or(1);
+    if tree.is_empty() {
+        return Ok(legacy_next_seq);
+    }
+    let after = wal.last_index().unwrap_or(0);
+    let mut records = Vec::new();
+    for row in tree.iter() {
+        let (key, value) = row.map_err(read_err)?;
+        let seq = keys::decode_u64(&key)
+            .ok_or_else(|| read_err(std::io::Error::other("a prov_log key is not a seq")))?;
+        if seq > after {
+            records.push((seq, value.to_vec()));
+        }
+    }
+    let moved = records.len();
+    wal.append(&records).map_err(write_err)?;
+    wal.take_unsynced().run().map_err(write_err)?;
+    tree.clear().map_err(write_err)?;
+    db.flush().map_err(write_err)?;
+    tracing::info!(
+        writes = moved,
+        "moved the provisional writes from sled into their log"
+    );
+    Ok(legacy_next_seq)
 }
 
 /// The newest row of `prov_readings` of a sensor.
@@ -473,7 +652,6 @@ fn decode_row(row: sled::Result<(sled::IVec, sled::IVec)>) -> Result<ReadingRow,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::FlushThreadExit;
 
     fn put(key: &str) -> WriteOp {
         WriteOp::Put {
@@ -482,62 +660,216 @@ mod tests {
         }
     }
 
-    /// A sled database at `path` with its flush thread, and the store on it.
-    fn open_store(path: &std::path::Path) -> (sled::Db, ProvisionalStore, FlushThreadExit) {
-        let db = sled::Config::new().path(path).open().expect("open");
-        let (flusher, exit) = Flusher::for_sled(db.clone()).expect("flusher");
-        let store = ProvisionalStore::open(&db, flusher).expect("store");
+    /// A sled database under `dir` and the store on it, its log beside it.
+    /// Waits for sled's file lock: the handles of the last open (sled's own
+    /// threads among them) can outlive their drop by a few ms.
+    async fn open_store(dir: &Path) -> (sled::Db, ProvisionalStore, FlushThreadExit) {
+        let released =
+            crate::store::wait_until_released(dir, std::time::Duration::from_secs(10)).await;
+        assert!(released, "sled's lock on {} is still held", dir.display());
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .open()
+            .expect("open");
+        let (store, exit) = ProvisionalStore::open(&db, &dir.join("prov-log")).expect("store");
         (db, store, exit)
+    }
+
+    /// Closes the store so the same directory can be opened again.
+    async fn close(db: sled::Db, store: ProvisionalStore, exit: FlushThreadExit) {
+        drop(store);
+        drop(db);
+        exit.wait().await;
+    }
+
+    async fn accept(store: &ProvisionalStore, request_id: &str, key: &str) -> Accepted {
+        store
+            .accept(
+                request_id.as_bytes().to_vec(),
+                put(key),
+                Version::default,
+                0,
+            )
+            .await
+            .expect("accept")
+    }
+
+    /// Accepts a Put of `k<i>` with request id `r<i>` for each `i`.
+    async fn accept_each(store: &ProvisionalStore, range: std::ops::Range<u64>) {
+        for i in range {
+            accept(store, &format!("r{i}"), &format!("k{i}")).await;
+        }
+    }
+
+    /// The seqs the reconciler would be given now.
+    fn reconcilable_seqs(store: &ProvisionalStore) -> Vec<u64> {
+        let oldest = store.oldest(100, usize::MAX).expect("oldest");
+        oldest.iter().map(|w| w.seq).collect()
+    }
+
+    /// The bytes of the pending records, counted from the log itself.
+    fn log_bytes(store: &ProvisionalStore) -> usize {
+        let from = store.removed_upto.load(Ordering::Acquire) + 1;
+        lock(&store.wal).payload_bytes(from..) as usize
     }
 
     #[tokio::test]
     async fn the_pending_count_and_bytes_follow_accepts_retries_removals_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("db");
-        let version = || Version::default();
-        let written = {
-            let (db, store, exit) = open_store(&path);
-            let mut written = Vec::new();
+        {
+            let (db, store, exit) = open_store(dir.path()).await;
             for i in 0..5 {
-                let accepted = store
-                    .accept(
-                        format!("r{i}").into_bytes(),
-                        put(&format!("k{i}")),
-                        version,
-                        0,
-                    )
-                    .await
-                    .expect("accept");
-                written.push(accepted.seq);
+                let accepted = accept(&store, &format!("r{i}"), &format!("k{i}")).await;
+                assert_eq!(accepted.seq, i + 1);
             }
             // A retry is not a new pending write.
-            let retry = store
-                .accept(b"r0".to_vec(), put("k0"), version, 0)
-                .await
-                .expect("retry");
-            assert!(retry.deduplicated);
+            assert!(accept(&store, "r0", "k0").await.deduplicated);
             assert_eq!(store.pending_count(), 5);
             let oldest = store.oldest(2, usize::MAX).expect("oldest");
             store.remove(&oldest).expect("remove");
             // Removing twice changes nothing.
             store.remove(&oldest).expect("remove again");
             assert_eq!(store.pending_count(), 3);
-            assert_eq!(store.pending_count(), store.log.len());
             assert_eq!(store.pending_bytes(), log_bytes(&store));
-            drop(store);
-            drop(db);
-            exit.wait().await;
-            written
-        };
-        let (_db, store, _exit) = open_store(&path);
-        assert_eq!(store.pending_count(), 3);
+            // A removed write's request id is free again: a new write.
+            assert!(!accept(&store, "r0", "k0").await.deduplicated);
+            close(db, store, exit).await;
+        }
+        let (_db, store, _exit) = open_store(dir.path()).await;
+        assert_eq!(store.pending_count(), 4);
         assert_eq!(store.pending_bytes(), log_bytes(&store));
         assert!(store.pending_bytes() > 0);
-        assert_eq!(written.len(), 5);
+        assert_eq!(store.next_seq(), 7);
+        // The indexes were rebuilt from the log: the pending keys and request
+        // ids are there, the removed key is not.
+        assert!(store.get(b"k2").expect("get").is_some());
+        assert!(store.get(b"k1").expect("get").is_none());
+        assert!(accept(&store, "r4", "k4").await.deduplicated);
+        let seqs = reconcilable_seqs(&store);
+        assert_eq!(seqs, vec![3, 4, 5, 6]);
     }
 
-    fn log_bytes(store: &ProvisionalStore) -> usize {
-        store.log.iter().map(|row| row.expect("row").1.len()).sum()
+    /// Once every write is removed, a restart neither gives a seq again (the
+    /// state machine would skip the new write as reconciled) nor proposes the
+    /// removed writes again; without the removed-upto file (a stale one after
+    /// power loss) the removed writes come back as pending, which costs a
+    /// proposal the state machine skips, and seqs still go on.
+    #[tokio::test]
+    async fn seqs_go_on_after_everything_was_removed_and_the_node_restarted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (db, store, exit) = open_store(dir.path()).await;
+            accept_each(&store, 0..3).await;
+            let all = store.oldest(100, usize::MAX).expect("oldest");
+            store.remove(&all).expect("remove");
+            assert_eq!(store.pending_count(), 0);
+            close(db, store, exit).await;
+        }
+        {
+            let (db, store, exit) = open_store(dir.path()).await;
+            assert_eq!(store.pending_count(), 0);
+            assert!(reconcilable_seqs(&store).is_empty());
+            assert_eq!(accept(&store, "r3", "k3").await.seq, 4);
+            let all = store.oldest(100, usize::MAX).expect("oldest");
+            store.remove(&all).expect("remove");
+            close(db, store, exit).await;
+        }
+        std::fs::remove_file(dir.path().join("prov-log").join(REMOVED_UPTO_FILE)).expect("rm");
+        let (_db, store, _exit) = open_store(dir.path()).await;
+        assert_eq!(store.next_seq(), 5);
+        let again = reconcilable_seqs(&store);
+        assert_eq!(again, vec![1, 2, 3, 4], "the log still holds them");
+        assert_eq!(accept(&store, "r5", "k5").await.seq, 5);
+    }
+
+    /// A write logged but not yet synced is not handed to the reconciler: a
+    /// crash could cut it off the log and its seq be given again.
+    #[tokio::test]
+    async fn the_reconciler_is_given_only_synced_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_db, store, _exit) = open_store(dir.path()).await;
+        accept(&store, "r1", "k1").await;
+        // What `accept` does before its sync returns.
+        lock(&store.wal)
+            .append(&[(2, keys::encode(&pending_write(2)))])
+            .expect("append");
+        store.next_seq.store(3, Ordering::Release);
+        let seqs = reconcilable_seqs(&store);
+        assert_eq!(seqs, vec![1]);
+        // The next write's sync covers it.
+        accept(&store, "r3", "k3").await;
+        assert_eq!(reconcilable_seqs(&store), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn removing_writes_that_are_not_the_oldest_pending_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_db, store, _exit) = open_store(dir.path()).await;
+        accept_each(&store, 0..3).await;
+        let all = store.oldest(100, usize::MAX).expect("oldest");
+        let error = store.remove(&all[1..]).expect_err("seq 1 is still pending");
+        assert!(error.to_string().contains("out of order"), "{error}");
+        assert_eq!(store.pending_count(), 3);
+        assert!(store.get(b"k1").expect("get").is_some());
+    }
+
+    /// A pending Put of `k<seq>` with request id `r<seq>`.
+    fn pending_write(seq: u64) -> PendingWrite {
+        PendingWrite {
+            write: ProvisionalWrite {
+                seq,
+                request_id: format!("r{seq}").into_bytes(),
+                version: Version::default(),
+                op: put(&format!("k{seq}")),
+            },
+            accepted_at_ms: 0,
+        }
+    }
+
+    /// The sled database of an older build under `dir`: `seqs` pending in
+    /// `prov_log`, `next_seq` in `prov_meta`.
+    fn legacy_data_dir(dir: &Path, seqs: &[u64], next_seq: u64) {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .open()
+            .expect("open");
+        let log = db.open_tree(keys::PROV_LOG_TREE).expect("tree");
+        for seq in seqs {
+            log.insert(
+                keys::log_index_key(*seq),
+                keys::encode(&pending_write(*seq)),
+            )
+            .expect("insert");
+        }
+        db.open_tree(keys::PROV_META_TREE)
+            .expect("tree")
+            .insert(keys::NEXT_SEQ_KEY, &keys::log_index_key(next_seq))
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+
+    /// A data directory of an older build kept the writes in sled's
+    /// `prov_log` and the next seq in `prov_meta`; they move into the log.
+    #[tokio::test]
+    async fn writes_of_an_older_data_directory_move_from_sled_into_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        legacy_data_dir(dir.path(), &[8, 9], 10);
+        {
+            let (db, store, exit) = open_store(dir.path()).await;
+            assert_eq!(store.pending_count(), 2);
+            assert!(store.get(b"k9").expect("get").is_some());
+            assert!(accept(&store, "r8", "k8").await.deduplicated);
+            assert_eq!(accept(&store, "r10", "k10").await.seq, 10);
+            assert!(db.open_tree(keys::PROV_LOG_TREE).expect("tree").is_empty());
+            let all = store.oldest(100, usize::MAX).expect("oldest");
+            store.remove(&all).expect("remove");
+            close(db, store, exit).await;
+        }
+        // The legacy next seq holds even where the log has nothing after it.
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        legacy_data_dir(dir2.path(), &[], 42);
+        let (_db, store, _exit) = open_store(dir2.path()).await;
+        assert_eq!(accept(&store, "r", "k").await.seq, 42);
     }
 
     /// Past the byte limit a LOCAL write is refused, saying how full the store
@@ -546,7 +878,7 @@ mod tests {
     #[tokio::test]
     async fn writes_past_the_byte_limit_are_refused_until_some_are_reconciled() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (_db, mut store, _exit) = open_store(&dir.path().join("db"));
+        let (_db, mut store, _exit) = open_store(dir.path()).await;
         store.max_pending_bytes = 1_200; // three writes of 368 bytes fit
         let big = |key: &str| WriteOp::Put {
             key: key.as_bytes().to_vec(),

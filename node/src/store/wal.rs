@@ -1,4 +1,6 @@
-//! The Raft log as an append-only, segmented write-ahead log on plain files.
+//! An append-only, segmented write-ahead log on plain files: the Raft log's
+//! (`log_store.rs`) and the provisional store's (`provisional.rs`, LOCAL
+//! writes by their seq).
 //!
 //! The hot path of a STRONG write is "append, then make it durable". In sled
 //! that meant sealing an I/O buffer per flush and waking sled's whole I/O
@@ -37,6 +39,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
 
 /// A segment is closed (and a new one started) once it is this large.
 pub const WAL_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -68,6 +72,8 @@ struct Segment {
 }
 
 pub struct Wal {
+    /// What the log holds, in messages ("Raft log", "provisional log").
+    name: &'static str,
     dir: PathBuf,
     /// By first index; the last one is the active segment.
     segments: BTreeMap<u64, Segment>,
@@ -88,7 +94,7 @@ fn checksum(index: u64, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-fn encode_record(buf: &mut Vec<u8>, index: u64, payload: &[u8]) -> std::io::Result<()> {
+fn encode_record(name: &str, buf: &mut Vec<u8>, index: u64, payload: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|len| *len <= WAL_MAX_RECORD_BYTES)
@@ -96,7 +102,7 @@ fn encode_record(buf: &mut Vec<u8>, index: u64, payload: &[u8]) -> std::io::Resu
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!(
-                    "log entry {index} is {} bytes, over the WAL record limit of {WAL_MAX_RECORD_BYTES}",
+                    "{name} record {index} is {} bytes, over the WAL record limit of {WAL_MAX_RECORD_BYTES}",
                     payload.len()
                 ),
             )
@@ -144,8 +150,14 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`, checking every record.
+    /// Opens (or creates) the Raft log in `dir`, checking every record.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
+        Self::open_as(dir, "Raft log")
+    }
+
+    /// Opens (or creates) the log in `dir`, checking every record; `name`
+    /// says what it holds in messages.
+    pub fn open_as(dir: &Path, name: &'static str) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
         for item in std::fs::read_dir(dir)? {
@@ -163,6 +175,7 @@ impl Wal {
         }
         names.sort();
         let mut wal = Wal {
+            name,
             dir: dir.to_path_buf(),
             segments: BTreeMap::new(),
             index: BTreeMap::new(),
@@ -183,7 +196,7 @@ impl Wal {
                     tracing::warn!(
                         segment = %path.display(),
                         cut_bytes = bytes.len() as u64 - valid,
-                        "cutting a torn tail off the Raft log (a write that was never acknowledged)"
+                        "cutting a torn tail off the {name} (a write that was never acknowledged)"
                     );
                     let file = OpenOptions::new().write(true).open(&path)?;
                     file.set_len(valid)?;
@@ -192,16 +205,16 @@ impl Wal {
                 }
                 Some(valid) => {
                     return Err(corrupt(format!(
-                    "Raft log segment {} is corrupt at byte {valid} and is not the last segment",
-                    path.display()
-                )))
+                        "{name} segment {} is corrupt at byte {valid} and is not the last segment",
+                        path.display()
+                    )))
                 }
             };
             for (index, offset, len) in records {
                 if let Some((&last, _)) = wal.index.last_key_value() {
                     if index != last + 1 {
                         return Err(corrupt(format!(
-                            "Raft log segment {} holds entry {index} after entry {last}",
+                            "{name} segment {} holds record {index} after record {last}",
                             path.display()
                         )));
                     }
@@ -255,7 +268,10 @@ impl Wal {
             if *index != expected {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
-                    format!("appending Raft log entry {index} where {expected} comes next"),
+                    format!(
+                        "appending {} record {index} where {expected} comes next",
+                        self.name
+                    ),
                 ));
             }
         }
@@ -304,7 +320,7 @@ impl Wal {
         let mut locations = Vec::with_capacity(records.len());
         for (index, payload) in records {
             let offset = active.len + buf.len() as u64 + HEADER_BYTES;
-            encode_record(&mut buf, *index, payload)?;
+            encode_record(self.name, &mut buf, *index, payload)?;
             locations.push((
                 *index,
                 Location {
@@ -340,18 +356,60 @@ impl Wal {
         &self,
         range: impl std::ops::RangeBounds<u64>,
     ) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+        self.index
+            .range(range)
+            .map(|(index, at)| Ok((*index, self.read_record(*index, at)?)))
+            .collect()
+    }
+
+    /// Like [`Wal::read`], but at most `max_records`, and no more records
+    /// once `max_bytes` of payload are read (the first is always read).
+    pub fn read_batch(
+        &self,
+        range: impl std::ops::RangeBounds<u64>,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
-        for (index, at) in self.index.range(range) {
-            let segment = self.segments.get(&at.segment).ok_or_else(|| {
-                corrupt(format!(
-                    "Raft log entry {index} points at a missing segment"
-                ))
-            })?;
-            let mut payload = vec![0u8; at.len as usize];
-            segment.file.read_exact_at(&mut payload, at.offset)?;
-            out.push((*index, payload));
+        let mut bytes = 0usize;
+        for (index, at) in self.index.range(range).take(max_records) {
+            if !out.is_empty() && bytes + at.len as usize > max_bytes {
+                break;
+            }
+            bytes += at.len as usize;
+            out.push((*index, self.read_record(*index, at)?));
         }
         Ok(out)
+    }
+
+    fn read_record(&self, index: u64, at: &Location) -> std::io::Result<Vec<u8>> {
+        let segment = self.segments.get(&at.segment).ok_or_else(|| {
+            corrupt(format!(
+                "{} record {index} points at a missing segment",
+                self.name
+            ))
+        })?;
+        let mut payload = vec![0u8; at.len as usize];
+        segment.file.read_exact_at(&mut payload, at.offset)?;
+        Ok(payload)
+    }
+
+    /// The payload bytes of the records in `range`.
+    pub fn payload_bytes(&self, range: impl std::ops::RangeBounds<u64>) -> u64 {
+        self.index
+            .range(range)
+            .map(|(_, at)| u64::from(at.len))
+            .sum()
+    }
+
+    /// Makes every segment durable, whoever wrote it: at open, records a
+    /// process wrote before it died may be in the page cache only.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        for segment in self.segments.values() {
+            segment.file.sync_data()?;
+        }
+        sync_dir(&self.dir)?;
+        self.take_unsynced().run()
     }
 
     /// What the flush thread must make durable: taken under the lock, synced
@@ -420,6 +478,13 @@ impl Wal {
         }
         Ok(())
     }
+}
+
+/// The log behind its lock; a poisoned lock is taken as it is (a panic
+/// while holding it cannot leave a half-made change: every change is one
+/// call that either returned or did not touch the in-memory state).
+pub fn lock(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
+    wal.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Files (and maybe the directory) to `fdatasync`, taken from the log.
