@@ -207,6 +207,18 @@ pub fn strong_write_ignores_current(entry_version: Version, max_stored: Version)
     entry_version >= max_stored.successor(entry_version.origin_node)
 }
 
+/// Whether [`merge_decision`] replaces whatever the key holds with
+/// `incoming`'s own version, when every stored version is at most
+/// `max_stored`, so that the key need not be read: for a STRONG write see
+/// [`strong_write_ignores_current`]; a reconciled write past every stored
+/// version wins last-writer-wins outright.
+pub fn write_ignores_current(rule: Merge, incoming: Version, max_stored: Version) -> bool {
+    match rule {
+        Merge::Strong => strong_write_ignores_current(incoming, max_stored),
+        Merge::LastWriterWins => incoming > max_stored,
+    }
+}
+
 /// How an entry's write meets the current value of one key or reading.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Merge {
@@ -782,9 +794,7 @@ impl Applier<'_> {
             WriteOp::Put { key, value } => {
                 // `existed` is reported for deletes only, so a put the
                 // rule gives its own version anyway does not read the key.
-                let current = if writer.rule == Merge::Strong
-                    && strong_write_ignores_current(version, self.app.max_version)
-                {
+                let current = if write_ignores_current(writer.rule, version, self.app.max_version) {
                     None
                 } else {
                     self.current_value(key)?
@@ -1622,22 +1632,30 @@ mod tests {
                 "{rule:?} {incoming} over {current:?}"
             );
         }
-        // Where the rule may skip the key, every current version up to the
-        // stored maximum gives the entry's own version.
+        // Where a rule may skip the key, every current version up to the
+        // stored maximum (or none) gives the entry its own version.
         let stamps = [
             v(9, 9, 9),
             v(10, 0, 1),
+            v(10, 0, 2),
             v(10, 0, 3),
             v(10, 1, 1),
             v(10, 1, 2),
         ];
         let max_stored = v(10, 0, 2);
-        for entry in stamps {
-            let skips = strong_write_ignores_current(entry, max_stored);
-            assert_eq!(skips, entry >= v(10, 1, 0), "{entry}");
-            for current in stamps.into_iter().filter(|c| *c <= max_stored) {
-                if skips {
-                    assert_eq!(strong_write_version(entry, Some(current)), entry);
+        for (rule, skips_from) in [(Strong, v(10, 1, 0)), (LastWriterWins, v(10, 0, 3))] {
+            for entry in stamps {
+                let skips = write_ignores_current(rule, entry, max_stored);
+                assert_eq!(skips, entry >= skips_from, "{rule:?} {entry}");
+                let stored = stamps.into_iter().filter(|c| *c <= max_stored).map(Some);
+                for current in stored.chain([None]) {
+                    if skips {
+                        assert_eq!(
+                            merge_decision(rule, entry, current),
+                            Replace(entry),
+                            "{rule:?} {entry} over {current:?}"
+                        );
+                    }
                 }
             }
         }
