@@ -16,7 +16,8 @@ Runs the benchmark matrix (issue 5) against a fresh 3-node capkv cluster and a
 fresh 3-node etcd cluster per run, alternating capkv and etcd runs, and writes
 bench-results/<date>/{runs.jsonl,results.json,results.md,chart.png}.
 
-  --quick              put (strong, strong-coalesced, local; etcd put) at 16 and
+  --quick              put (strong, strong-coalesced, local, local-coalesced;
+                       etcd put) at 16 and
                        64 clients, get
                        (linearizable, eventual; etcd linearizable, serializable)
                        at 64 clients; 1 s warm-up, 5 s windows (under 3 minutes)
@@ -387,7 +388,7 @@ add_group() { # workload clients batch capkv-levels etcd-levels (space-separated
 
 if ((QUICK)); then
     for clients in 16 64; do
-        add_group put "$clients" 1 "strong strong-coalesced local" "strong"
+        add_group put "$clients" 1 "strong strong-coalesced local local-coalesced" "strong"
     done
     add_group get 64 1 "linearizable eventual" "linearizable serializable"
     COMMAND="scripts/bench.sh${ORIGINAL_ARGS:+ $ORIGINAL_ARGS}"
@@ -395,7 +396,7 @@ else
     for ((r = 0; r < REPEAT; r++)); do
         for clients in ${CLIENTS//,/ }; do
             if has "$WORKLOADS" put; then
-                add_group put "$clients" 1 "strong strong-coalesced local strong-or-local" "strong"
+                add_group put "$clients" 1 "strong strong-coalesced local local-coalesced strong-or-local" "strong"
             fi
             if has "$WORKLOADS" ingest; then
                 for batch in ${BATCHES//,/ }; do

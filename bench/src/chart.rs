@@ -83,6 +83,7 @@ fn base_color(key: &SeriesKey) -> RGBColor {
         (_, Level::Strong | Level::Linearizable) => RGBColor(31, 119, 180),
         (_, Level::Local | Level::Eventual) => RGBColor(44, 160, 44),
         (_, Level::StrongOrLocal { .. } | Level::Bounded { .. }) => RGBColor(148, 103, 189),
+        (_, Level::LocalCoalesced) => RGBColor(23, 190, 207),
         _ => RGBColor(140, 86, 75),
     }
 }

@@ -99,7 +99,8 @@ impl FromStr for Workload {
 
 /// A consistency level of either system. Writes: `strong`,
 /// `strong-coalesced` (capkv put: STRONG with the SDK's put coalescing), `local`,
-/// `strong-or-local[:<ms>]` (capkv; etcd only `strong`). Reads:
+/// `local-coalesced` (the same for LOCAL), `strong-or-local[:<ms>]` (capkv;
+/// etcd only `strong`). Reads:
 /// `linearizable`, `session`, `eventual`, `bounded:<ms>` (capkv),
 /// `linearizable`, `serializable` (etcd).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -110,6 +111,9 @@ pub enum Level {
     /// (`ClientConfig::coalesce_puts`); capkv's put workload only.
     StrongCoalesced,
     Local,
+    /// LOCAL puts with the SDK's put coalescing on; capkv's put workload
+    /// only.
+    LocalCoalesced,
     StrongOrLocal {
         budget_ms: Option<u64>,
     },
@@ -122,7 +126,7 @@ pub enum Level {
     Serializable,
 }
 
-pub const LEVEL_FORMS: &str = "strong, strong-coalesced, local, strong-or-local[:<ms>], linearizable, session, eventual, bounded:<ms>, serializable";
+pub const LEVEL_FORMS: &str = "strong, strong-coalesced, local, local-coalesced, strong-or-local[:<ms>], linearizable, session, eventual, bounded:<ms>, serializable";
 
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -130,6 +134,7 @@ impl fmt::Display for Level {
             Level::Strong => f.write_str("strong"),
             Level::StrongCoalesced => f.write_str("strong-coalesced"),
             Level::Local => f.write_str("local"),
+            Level::LocalCoalesced => f.write_str("local-coalesced"),
             Level::StrongOrLocal { budget_ms: None } => f.write_str("strong-or-local"),
             Level::StrongOrLocal {
                 budget_ms: Some(ms),
@@ -165,6 +170,7 @@ impl FromStr for Level {
             ("strong", None) => Level::Strong,
             ("strong-coalesced", None) => Level::StrongCoalesced,
             ("local", None) => Level::Local,
+            ("local-coalesced", None) => Level::LocalCoalesced,
             ("strong-or-local", None) => Level::StrongOrLocal { budget_ms: None },
             ("strong-or-local", Some(p)) => Level::StrongOrLocal {
                 budget_ms: Some(ms(p)?),
@@ -199,21 +205,21 @@ impl TryFrom<String> for Level {
 
 impl Level {
     pub fn is_write(self) -> bool {
-        matches!(
-            self,
-            Level::Strong | Level::StrongCoalesced | Level::Local | Level::StrongOrLocal { .. }
-        )
+        self.capkv_write().is_some()
     }
 
     /// Whether the capkv client coalesces concurrent puts.
     pub fn coalesces_puts(self) -> bool {
-        self == Level::StrongCoalesced
+        matches!(self, Level::StrongCoalesced | Level::LocalCoalesced)
     }
 
     /// Whether acknowledged writes may still be waiting to reach the Raft
     /// log, so the run ends with a reconciliation-lag measurement.
     pub fn may_be_provisional(self) -> bool {
-        matches!(self, Level::Local | Level::StrongOrLocal { .. })
+        matches!(
+            self,
+            Level::Local | Level::LocalCoalesced | Level::StrongOrLocal { .. }
+        )
     }
 
     /// The default level of a workload: the strongest one.
@@ -229,7 +235,7 @@ impl Level {
     pub fn capkv_write(self) -> Option<WriteLevel> {
         match self {
             Level::Strong | Level::StrongCoalesced => Some(WriteLevel::Strong),
-            Level::Local => Some(WriteLevel::Local),
+            Level::Local | Level::LocalCoalesced => Some(WriteLevel::Local),
             Level::StrongOrLocal { budget_ms } => Some(WriteLevel::StrongOrLocal {
                 budget: budget_ms.map(Duration::from_millis),
             }),
@@ -256,9 +262,11 @@ impl Level {
     /// range (served locally by any member, like capkv's weaker levels).
     pub fn etcd_counterpart(self) -> Level {
         match self {
-            Level::Strong | Level::StrongCoalesced | Level::Local | Level::StrongOrLocal { .. } => {
-                Level::Strong
-            }
+            Level::Strong
+            | Level::StrongCoalesced
+            | Level::Local
+            | Level::LocalCoalesced
+            | Level::StrongOrLocal { .. } => Level::Strong,
             Level::Linearizable => Level::Linearizable,
             Level::Session | Level::Eventual | Level::Bounded { .. } | Level::Serializable => {
                 Level::Serializable
@@ -284,7 +292,7 @@ pub fn check_combination(system: System, workload: Workload, level: Level) -> Re
     }
     let allowed = match (system, workload.is_write()) {
         (System::Capkv, true) => {
-            "strong, local, strong-or-local[:<ms>] (and strong-coalesced for put)"
+            "strong, local, strong-or-local[:<ms>] (and strong-coalesced, local-coalesced for put)"
         }
         (System::Capkv, false) => "linearizable, session, eventual, bounded:<ms>",
         (System::Etcd, true) => "strong (etcd takes no write without a quorum)",
@@ -304,6 +312,7 @@ mod tests {
         let cases = [
             ("strong", Level::Strong),
             ("strong-coalesced", Level::StrongCoalesced),
+            ("local-coalesced", Level::LocalCoalesced),
             ("LOCAL", Level::Local),
             ("strong_or_local", Level::StrongOrLocal { budget_ms: None }),
             (
@@ -353,6 +362,10 @@ mod tests {
         assert!(check_combination(System::Capkv, Workload::Put, StrongCoalesced).is_ok());
         assert!(check_combination(System::Capkv, Workload::Ingest, StrongCoalesced).is_err());
         assert!(check_combination(System::Etcd, Workload::Put, StrongCoalesced).is_err());
+        assert!(check_combination(System::Capkv, Workload::Put, LocalCoalesced).is_ok());
+        assert!(check_combination(System::Capkv, Workload::Ingest, LocalCoalesced).is_err());
+        assert!(LocalCoalesced.may_be_provisional() && LocalCoalesced.coalesces_puts());
+        assert!(!Local.coalesces_puts());
         assert!(check_combination(System::Capkv, Workload::Get, Bounded { ms: 10 }).is_ok());
         assert!(check_combination(System::Capkv, Workload::Get, Serializable).is_err());
         assert!(check_combination(System::Capkv, Workload::Put, Eventual).is_err());
