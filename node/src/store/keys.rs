@@ -23,7 +23,7 @@
 //! | `prov_meta`     | `next_seq` (legacy: read at open, never written) | u64 big-endian          |
 //! | `prov_kv`       | the user key bytes                         | bincode `Indexed<StoredValue>`|
 //! | `prov_readings` | u16 BE len(sensor) ++ sensor ++ u64 BE ts (one row per reading) | bincode `Indexed<StoredReading>` |
-//! | `prov_requests` | the request id bytes                       | provisional seq, u64 BE       |
+//! | `prov_requests` | the request id bytes (legacy: the index is in memory now; cleared at open) | provisional seq, u64 BE |
 //!
 //! Big-endian integers sort numerically as bytes, so a range of log indexes,
 //! or of one sensor's timestamps (or blocks), is one ordered sled range. Prefixing the

@@ -6,8 +6,10 @@
 //! the Raft log), one record per write by seq. A LOCAL write is
 //! acknowledged only after its record is synced (`fdatasync`, shared by
 //! every write queued meanwhile), so it survives `kill -9` and power loss.
-//! The key, reading and request-id indexes are sled trees that are never
-//! flushed for a write: they are cleared and rebuilt from the log at open.
+//! The key and reading indexes are sled trees that are never flushed for a
+//! write: they are cleared and rebuilt from the log at open. The request-id
+//! index (for retries) is a map in memory, rebuilt the same way: at most one
+//! entry per pending write.
 //! Kept in sled and flushed per write, the same store cost its node ~18% of
 //! its CPU in sled's I/O threads under LOCAL load (issue 5).
 //!
@@ -25,6 +27,7 @@
 //!   a crash, and its seq given again to a new write that reconciliation
 //!   would then skip.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -34,6 +37,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::MutexGuard;
 
 use openraft::ErrorSubject;
 use openraft::ErrorVerb;
@@ -46,7 +50,6 @@ use super::keys::PendingWrite;
 use super::keys::ReadingRow;
 use super::keys::StoredReading;
 use super::keys::StoredValue;
-use super::wal::lock;
 use super::wal::Wal;
 use super::Flusher;
 use crate::types::ProvisionalWrite;
@@ -76,18 +79,27 @@ const REBUILD_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// costs only that: the state machine skips those writes.
 const REMOVED_UPTO_FILE: &str = "removed-upto";
 
+/// The log of accepted writes and the request ids of the pending ones.
+struct Log {
+    wal: Wal,
+    /// Request id -> seq of the pending write that carries it.
+    requests: HashMap<RequestId, u64>,
+}
+
+fn lock_log(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
+    log.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[derive(Clone)]
 pub struct ProvisionalStore {
-    /// The log of accepted writes. Its lock is also the store's critical
-    /// section: a write is stamped, given its seq, logged and indexed under
-    /// it, so seq order and version order agree (not during the sync, which
-    /// concurrent writes share).
-    wal: Arc<Mutex<Wal>>,
-    /// Syncs `wal`.
+    /// Its lock is also the store's critical section: a write is stamped,
+    /// given its seq, logged and indexed under it, so seq order and version
+    /// order agree (not during the sync, which concurrent writes share).
+    log: Arc<Mutex<Log>>,
+    /// Syncs the log's WAL.
     flusher: Flusher,
     kv: sled::Tree,
     readings: sled::Tree,
-    requests: sled::Tree,
     /// The seq the next accepted write gets. Every seq below it was accepted.
     next_seq: Arc<AtomicU64>,
     /// Every seq at or below it is synced.
@@ -183,18 +195,23 @@ impl ProvisionalStore {
         let last = wal.last_index().unwrap_or(0);
         let next_seq = (last + 1).max(legacy_next_seq).max(removed_upto + 1);
         purge_removed(&mut wal, removed_upto)?;
-        let wal = Arc::new(Mutex::new(wal));
-        let sync_wal = wal.clone();
+        // Older builds kept the request ids in sled.
+        open(keys::PROV_REQUESTS_TREE)?.clear().map_err(write_err)?;
+        let log = Arc::new(Mutex::new(Log {
+            wal,
+            requests: HashMap::new(),
+        }));
+        let sync_log = log.clone();
         let (flusher, exit) = Flusher::start("capkv-prov-sync", move || {
-            lock(&sync_wal).take_unsynced().run()
+            let pending = lock_log(&sync_log).wal.take_unsynced();
+            pending.run()
         })
         .map_err(write_err)?;
         let store = Self {
-            wal,
+            log,
             flusher,
             kv: open(keys::PROV_KV_TREE)?,
             readings: open(keys::PROV_READINGS_TREE)?,
-            requests: open(keys::PROV_REQUESTS_TREE)?,
             next_seq: Arc::new(AtomicU64::new(next_seq)),
             synced_upto: Arc::new(AtomicU64::new(last)),
             removed_upto: Arc::new(AtomicU64::new(removed_upto)),
@@ -231,8 +248,8 @@ impl ProvisionalStore {
             .into());
         }
         let accepted = {
-            let mut wal = lock(&self.wal);
-            match self.pending_retry(&wal, &request_id)? {
+            let mut log = lock_log(&self.log);
+            match self.pending_retry(&log, &request_id)? {
                 Some(accepted) => accepted,
                 None => {
                     let version = make_version();
@@ -251,9 +268,9 @@ impl ProvisionalStore {
                     self.check_room(adding)?;
                     // The log record is the truth; the indexes are derived
                     // from it (and rebuilt from it at open).
-                    wal.append(&[(seq, encoded)]).map_err(write_err)?;
+                    log.wal.append(&[(seq, encoded)]).map_err(write_err)?;
                     self.next_seq.store(seq + 1, Ordering::Release);
-                    self.index(&pending.write)?;
+                    self.index(&pending.write, &mut log.requests)?;
                     self.pending.fetch_add(1, Ordering::Relaxed);
                     self.pending_bytes.fetch_add(adding, Ordering::Relaxed);
                     Accepted {
@@ -293,20 +310,16 @@ impl ProvisionalStore {
     /// The earlier acceptance of a retried write still pending here.
     fn pending_retry(
         &self,
-        wal: &Wal,
+        log: &Log,
         request_id: &[u8],
     ) -> Result<Option<Accepted>, StorageError> {
         if request_id.is_empty() {
             return Ok(None);
         }
-        let Some(seq) = self.requests.get(request_id).map_err(read_err)? else {
+        let Some(&seq) = log.requests.get(request_id) else {
             return Ok(None);
         };
-        let seq = keys::decode_u64(&seq).unwrap_or(0);
-        if seq <= self.removed_upto.load(Ordering::Acquire) {
-            return Ok(None);
-        }
-        let Some((_, bytes)) = wal.read(seq..=seq).map_err(read_err)?.pop() else {
+        let Some((_, bytes)) = log.wal.read(seq..=seq).map_err(read_err)?.pop() else {
             return Ok(None);
         };
         let pending: PendingWrite = keys::decode(&bytes).map_err(read_err)?;
@@ -319,7 +332,11 @@ impl ProvisionalStore {
     }
 
     /// Points the indexes (key, reading, request id) at `write`.
-    fn index(&self, write: &ProvisionalWrite) -> Result<(), StorageError> {
+    fn index(
+        &self,
+        write: &ProvisionalWrite,
+        requests: &mut HashMap<RequestId, u64>,
+    ) -> Result<(), StorageError> {
         let (seq, version) = (write.seq, write.version);
         match &write.op {
             WriteOp::PutReadings(batch) => {
@@ -357,9 +374,7 @@ impl ProvisionalStore {
             }
         }
         if !write.request_id.is_empty() {
-            self.requests
-                .insert(write.request_id.as_slice(), &keys::log_index_key(seq))
-                .map_err(write_err)?;
+            requests.insert(write.request_id.clone(), seq);
         }
         Ok(())
     }
@@ -367,13 +382,16 @@ impl ProvisionalStore {
     /// Rebuilds the indexes from the pending writes (at open: the log is the
     /// truth, the indexes are never flushed for a write).
     fn rebuild_indexes(&self) -> Result<(), StorageError> {
-        for tree in [&self.kv, &self.readings, &self.requests] {
+        for tree in [&self.kv, &self.readings] {
             tree.clear().map_err(write_err)?;
         }
+        let mut log = lock_log(&self.log);
+        log.requests.clear();
         let (mut count, mut bytes) = (0, 0);
         let mut from = self.removed_upto.load(Ordering::Acquire) + 1;
         loop {
-            let records = lock(&self.wal)
+            let records = log
+                .wal
                 .read_batch(from.., REBUILD_BATCH_RECORDS, REBUILD_BATCH_BYTES)
                 .map_err(read_err)?;
             let Some((last, _)) = records.last() else {
@@ -382,7 +400,7 @@ impl ProvisionalStore {
             from = last + 1;
             for (_, value) in records {
                 let pending: PendingWrite = keys::decode(&value).map_err(read_err)?;
-                self.index(&pending.write)?;
+                self.index(&pending.write, &mut log.requests)?;
                 count += 1;
                 bytes += value.len();
             }
@@ -405,7 +423,8 @@ impl ProvisionalStore {
         if upto < from {
             return Ok(Vec::new());
         }
-        let records = lock(&self.wal)
+        let records = lock_log(&self.log)
+            .wal
             .read_batch(from..=upto, max_writes, max_bytes)
             .map_err(read_err)?;
         records
@@ -419,7 +438,7 @@ impl ProvisionalStore {
     /// Writes already removed are skipped. An index entry is removed only by
     /// the write that put it there.
     pub fn remove(&self, writes: &[ProvisionalWrite]) -> Result<(), StorageError> {
-        let mut wal = lock(&self.wal);
+        let mut log = lock_log(&self.log);
         let removed_upto = self.removed_upto.load(Ordering::Acquire);
         let writes: Vec<&ProvisionalWrite> =
             writes.iter().filter(|w| w.seq > removed_upto).collect();
@@ -460,25 +479,17 @@ impl ProvisionalStore {
                     }
                 }
             }
-            if !write.request_id.is_empty()
-                && self
-                    .requests
-                    .get(&write.request_id)
-                    .map_err(read_err)?
-                    .is_some_and(|s| *s == keys::log_index_key(write.seq))
-            {
-                self.requests
-                    .remove(write.request_id.as_slice())
-                    .map_err(write_err)?;
+            if log.requests.get(&write.request_id) == Some(&write.seq) {
+                log.requests.remove(&write.request_id);
             }
         }
-        let bytes = wal.payload_bytes(removed_upto + 1..=last);
+        let bytes = log.wal.payload_bytes(removed_upto + 1..=last);
         self.removed_upto.store(last, Ordering::Release);
         self.pending.fetch_sub(writes.len(), Ordering::Relaxed);
         self.pending_bytes
             .fetch_sub(bytes as usize, Ordering::Relaxed);
         write_removed_upto(&self.removed_upto_file, last).map_err(write_err)?;
-        purge_removed(&mut wal, last)
+        purge_removed(&mut log.wal, last)
     }
 
     pub fn pending_count(&self) -> usize {
@@ -494,7 +505,11 @@ impl ProvisionalStore {
     /// When the oldest pending write was accepted (node wall clock, ms).
     pub fn oldest_accepted_at_ms(&self) -> Option<u64> {
         let from = self.removed_upto.load(Ordering::Acquire) + 1;
-        let (_, value) = lock(&self.wal).read_batch(from.., 1, 0).ok()?.pop()?;
+        let (_, value) = lock_log(&self.log)
+            .wal
+            .read_batch(from.., 1, 0)
+            .ok()?
+            .pop()?;
         keys::decode::<PendingWrite>(&value)
             .ok()
             .map(|p| p.accepted_at_ms)
@@ -710,7 +725,7 @@ mod tests {
     /// The bytes of the pending records, counted from the log itself.
     fn log_bytes(store: &ProvisionalStore) -> usize {
         let from = store.removed_upto.load(Ordering::Acquire) + 1;
-        lock(&store.wal).payload_bytes(from..) as usize
+        lock_log(&store.log).wal.payload_bytes(from..) as usize
     }
 
     #[tokio::test]
@@ -790,7 +805,8 @@ mod tests {
         let (_db, store, _exit) = open_store(dir.path()).await;
         accept(&store, "r1", "k1").await;
         // What `accept` does before its sync returns.
-        lock(&store.wal)
+        lock_log(&store.log)
+            .wal
             .append(&[(2, keys::encode(&pending_write(2)))])
             .expect("append");
         store.next_seq.store(3, Ordering::Release);
