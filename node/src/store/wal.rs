@@ -480,9 +480,8 @@ impl Wal {
     }
 }
 
-/// The log behind its lock; a poisoned lock is taken as it is (a panic
-/// while holding it cannot leave a half-made change: every change is one
-/// call that either returned or did not touch the in-memory state).
+/// The log behind its lock; a poisoned lock is taken as it is, as the
+/// log store always has.
 pub fn lock(wal: &Mutex<Wal>) -> MutexGuard<'_, Wal> {
     wal.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -550,6 +549,29 @@ mod tests {
         assert_eq!(
             read,
             vec![(10, payload(10)), (11, payload(11)), (12, payload(12))]
+        );
+    }
+
+    /// A batch stops at its record limit, or before the record that would
+    /// pass its byte limit, but always holds one record; the bytes of a
+    /// range are the payloads'.
+    #[test]
+    fn batches_stop_at_their_limits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut wal = Wal::open(dir.path()).expect("open");
+        append_range(&mut wal, 1, 10);
+        let indexes = |batch: Vec<(u64, Vec<u8>)>| batch.into_iter().map(|(i, _)| i).collect();
+        let by_count: Vec<u64> = indexes(wal.read_batch(3.., 4, usize::MAX).expect("read"));
+        assert_eq!(by_count, vec![3, 4, 5, 6]);
+        let bytes: usize = (3..=5).map(|i| payload(i).len()).sum();
+        assert_eq!(wal.payload_bytes(3..=5), bytes as u64);
+        let by_bytes: Vec<u64> = indexes(wal.read_batch(3.., 100, bytes).expect("read"));
+        assert_eq!(by_bytes, vec![3, 4, 5]);
+        let one: Vec<u64> = indexes(wal.read_batch(3.., 100, 0).expect("read"));
+        assert_eq!(one, vec![3]);
+        assert_eq!(
+            wal.read_batch(3..=5, 100, usize::MAX).expect("read").len(),
+            3
         );
     }
 
