@@ -107,11 +107,8 @@ pub struct ProvisionalStore {
     /// Every seq at or below it is removed (reconciled and applied here).
     removed_upto: Arc<AtomicU64>,
     removed_upto_file: Arc<File>,
-    /// Writes pending, kept here because counting them means reading the
-    /// log (sled's `len`, when they were in sled, walked the whole tree: with
-    /// 35k pending it was 16% of a node's CPU under LOCAL load).
-    pending: Arc<AtomicUsize>,
-    /// The encoded bytes of the pending writes.
+    /// The encoded bytes of the pending writes (their count needs no
+    /// counter: the pending seqs are `removed_upto + 1 .. next_seq`).
     pending_bytes: Arc<AtomicUsize>,
     /// [`MAX_PENDING_PROVISIONAL_BYTES`], lower in tests.
     max_pending_bytes: usize,
@@ -190,10 +187,15 @@ impl ProvisionalStore {
             .truncate(false)
             .open(dir.join(REMOVED_UPTO_FILE))
             .map_err(read_err)?;
-        let removed_upto = read_removed_upto(&removed_upto_file)
-            .max(wal.first_index().unwrap_or(1).saturating_sub(1));
+        let removed_upto = read_removed_upto(&removed_upto_file);
         let last = wal.last_index().unwrap_or(0);
         let next_seq = (last + 1).max(legacy_next_seq).max(removed_upto + 1);
+        // Nothing before the log's first record is pending, nor anything at
+        // all when it is empty.
+        let removed_upto = match wal.first_index() {
+            Some(first) => removed_upto.max(first - 1),
+            None => next_seq - 1,
+        };
         purge_removed(&mut wal, removed_upto)?;
         // Older builds kept the request ids in sled.
         open(keys::PROV_REQUESTS_TREE)?.clear().map_err(write_err)?;
@@ -216,7 +218,6 @@ impl ProvisionalStore {
             synced_upto: Arc::new(AtomicU64::new(last)),
             removed_upto: Arc::new(AtomicU64::new(removed_upto)),
             removed_upto_file: Arc::new(removed_upto_file),
-            pending: Arc::new(AtomicUsize::new(0)),
             pending_bytes: Arc::new(AtomicUsize::new(0)),
             max_pending_bytes: MAX_PENDING_PROVISIONAL_BYTES,
         };
@@ -271,7 +272,6 @@ impl ProvisionalStore {
                     log.wal.append(&[(seq, encoded)]).map_err(write_err)?;
                     self.next_seq.store(seq + 1, Ordering::Release);
                     self.index(&pending.write, &mut log.requests)?;
-                    self.pending.fetch_add(1, Ordering::Relaxed);
                     self.pending_bytes.fetch_add(adding, Ordering::Relaxed);
                     Accepted {
                         seq,
@@ -387,7 +387,7 @@ impl ProvisionalStore {
         }
         let mut log = lock_log(&self.log);
         log.requests.clear();
-        let (mut count, mut bytes) = (0, 0);
+        let mut bytes = 0;
         let mut from = self.removed_upto.load(Ordering::Acquire) + 1;
         loop {
             let records = log
@@ -401,11 +401,9 @@ impl ProvisionalStore {
             for (_, value) in records {
                 let pending: PendingWrite = keys::decode(&value).map_err(read_err)?;
                 self.index(&pending.write, &mut log.requests)?;
-                count += 1;
                 bytes += value.len();
             }
         }
-        self.pending.store(count, Ordering::Relaxed);
         self.pending_bytes.store(bytes, Ordering::Relaxed);
         Ok(())
     }
@@ -485,7 +483,6 @@ impl ProvisionalStore {
         }
         let bytes = log.wal.payload_bytes(removed_upto + 1..=last);
         self.removed_upto.store(last, Ordering::Release);
-        self.pending.fetch_sub(writes.len(), Ordering::Relaxed);
         self.pending_bytes
             .fetch_sub(bytes as usize, Ordering::Relaxed);
         write_removed_upto(&self.removed_upto_file, last).map_err(write_err)?;
@@ -493,7 +490,11 @@ impl ProvisionalStore {
     }
 
     pub fn pending_count(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        // Every seq below `next_seq` was accepted, and removals go oldest
+        // first; both change in the critical section.
+        let removed_upto = self.removed_upto.load(Ordering::Acquire);
+        let pending = (self.next_seq() - 1).saturating_sub(removed_upto);
+        usize::try_from(pending).unwrap_or(usize::MAX)
     }
 
     /// The encoded bytes of the pending writes (see
@@ -885,7 +886,9 @@ mod tests {
         let dir2 = tempfile::tempdir().expect("tempdir");
         legacy_data_dir(dir2.path(), &[], 42);
         let (_db, store, _exit) = open_store(dir2.path()).await;
+        assert_eq!(store.pending_count(), 0);
         assert_eq!(accept(&store, "r", "k").await.seq, 42);
+        assert_eq!(store.pending_count(), 1);
     }
 
     /// Past the byte limit a LOCAL write is refused, saying how full the store

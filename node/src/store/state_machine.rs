@@ -199,22 +199,15 @@ pub fn strong_write_version(entry_version: Version, current: Option<Version>) ->
     }
 }
 
-/// Whether [`strong_write_version`] gives `entry_version` whatever the key
-/// holds, when every stored version is at most `max_stored`: a stamp at or
-/// past `max_stored`'s successor is past every current version's successor.
-/// Then the key need not be read.
-pub fn strong_write_ignores_current(entry_version: Version, max_stored: Version) -> bool {
-    entry_version >= max_stored.successor(entry_version.origin_node)
-}
-
 /// Whether [`merge_decision`] replaces whatever the key holds with
 /// `incoming`'s own version, when every stored version is at most
-/// `max_stored`, so that the key need not be read: for a STRONG write see
-/// [`strong_write_ignores_current`]; a reconciled write past every stored
-/// version wins last-writer-wins outright.
+/// `max_stored`, so that the key need not be read. A STRONG write stamped at
+/// or past `max_stored`'s successor is past every current version's
+/// successor ([`strong_write_version`]); a reconciled write past every
+/// stored version wins last-writer-wins outright.
 pub fn write_ignores_current(rule: Merge, incoming: Version, max_stored: Version) -> bool {
     match rule {
-        Merge::Strong => strong_write_ignores_current(incoming, max_stored),
+        Merge::Strong => incoming >= max_stored.successor(incoming.origin_node),
         Merge::LastWriterWins => incoming > max_stored,
     }
 }

@@ -356,10 +356,7 @@ impl Wal {
         &self,
         range: impl std::ops::RangeBounds<u64>,
     ) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
-        self.index
-            .range(range)
-            .map(|(index, at)| Ok((*index, self.read_record(*index, at)?)))
-            .collect()
+        self.read_batch(range, usize::MAX, usize::MAX)
     }
 
     /// Like [`Wal::read`], but at most `max_records`, and no more records
@@ -408,8 +405,9 @@ impl Wal {
         for segment in self.segments.values() {
             segment.file.sync_data()?;
         }
-        sync_dir(&self.dir)?;
-        self.take_unsynced().run()
+        self.unsynced.clear();
+        self.dir_changed = false;
+        sync_dir(&self.dir)
     }
 
     /// What the flush thread must make durable: taken under the lock, synced
