@@ -11,19 +11,19 @@
 //! | `conflicts`     | conflict sequence number, u64 big-endian   | bincode `ConflictRecord`      |
 //! | `sm_intent`     | `header`, or chunk number u32 big-endian   | the last apply call's writes (`staged.rs`) |
 //!
-//! Node-local trees (never replicated, not in snapshots): the indexes of
-//! the provisional store of LOCAL writes this node accepted and has not yet
-//! seen reconciled. The writes themselves (bincode `PendingWrite` by seq)
-//! are in the provisional log (`prov-log/`, `provisional.rs`); these trees
-//! are never flushed for a write and are rebuilt from that log at open.
+//! Node-local trees of older builds (never replicated, not in snapshots).
+//! The provisional store of LOCAL writes this node accepted and has not yet
+//! seen reconciled keeps its writes (bincode `PendingWrite` by seq) in the
+//! provisional log (`prov-log/`) and its indexes in memory
+//! (`provisional.rs`); these trees are only read or dropped at open.
 //!
 //! | tree            | key                                        | value                         |
 //! |-----------------|--------------------------------------------|-------------------------------|
 //! | `prov_log`      | provisional seq, u64 big-endian (legacy: moved into `prov-log/` at open) | bincode `PendingWrite` |
 //! | `prov_meta`     | `next_seq` (legacy: read at open, never written) | u64 big-endian          |
-//! | `prov_kv`       | the user key bytes                         | bincode `Indexed<StoredValue>`|
-//! | `prov_readings` | u16 BE len(sensor) ++ sensor ++ u64 BE ts (one row per reading) | bincode `Indexed<StoredReading>` |
-//! | `prov_requests` | the request id bytes (legacy: the index is in memory now; cleared at open) | provisional seq, u64 BE |
+//! | `prov_kv`       | the user key bytes (legacy: dropped at open) | bincode `(seq, StoredValue)` |
+//! | `prov_readings` | u16 BE len(sensor) ++ sensor ++ u64 BE ts (legacy: dropped at open) | bincode `(seq, StoredReading)` |
+//! | `prov_requests` | the request id bytes (legacy: dropped at open) | provisional seq, u64 BE |
 //!
 //! Big-endian integers sort numerically as bytes, so a range of log indexes,
 //! or of one sensor's timestamps (or blocks), is one ordered sled range. Prefixing the
@@ -197,14 +197,6 @@ pub struct ConflictRecord {
 pub struct PendingWrite {
     pub write: ProvisionalWrite,
     pub accepted_at_ms: u64,
-}
-
-/// A provisional index entry: the value of the newest pending write of a key
-/// or reading, and that write's seq (removed only by that write).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct Indexed<T> {
-    pub seq: u64,
-    pub value: T,
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

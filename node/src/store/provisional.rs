@@ -6,12 +6,14 @@
 //! the Raft log), one record per write by seq. A LOCAL write is
 //! acknowledged only after its record is synced (`fdatasync`, shared by
 //! every write queued meanwhile), so it survives `kill -9` and power loss.
-//! The key and reading indexes are sled trees that are never flushed for a
-//! write: they are cleared and rebuilt from the log at open. The request-id
-//! index (for retries) is a map in memory, rebuilt the same way: at most one
-//! entry per pending write.
+//! The indexes (which pending write is the newest of each key and of each
+//! reading, and which carries each request id) are maps in memory that hold
+//! seqs, not values: a read of a pending value reads its record back. They
+//! are rebuilt from the log at open.
 //! Kept in sled and flushed per write, the same store cost its node ~18% of
-//! its CPU in sled's I/O threads under LOCAL load (issue 5).
+//! its CPU in sled's I/O threads under LOCAL load; with its indexes in
+//! unflushed sled trees, inserting them under the store's lock halved what
+//! a node accepted of LOCAL readings (issue 5).
 //!
 //! A write stays until the reconciler has seen it committed and applied on
 //! this node; only then is it removed, so an EVENTUAL read on this node sees
@@ -27,6 +29,8 @@
 //!   a crash, and its seq given again to a new write that reconciliation
 //!   would then skip.
 
+use std::collections::hash_map::Entry;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fs::File;
 use std::fs::OpenOptions;
@@ -45,7 +49,6 @@ use openraft::ErrorVerb;
 use super::flusher::FlushThreadExit;
 use super::io_err;
 use super::keys;
-use super::keys::Indexed;
 use super::keys::PendingWrite;
 use super::keys::ReadingRow;
 use super::keys::StoredReading;
@@ -63,9 +66,11 @@ use crate::types::WriteOp;
 /// enough cannot fill the disk. At ~200 bytes a write this is ~200 MB.
 pub const MAX_PENDING_PROVISIONAL_WRITES: usize = 1_000_000;
 
-/// The most bytes of pending provisional writes (encoded, as in the log;
-/// the indexes take about as much again). One write can be a 16 MiB batch of
-/// readings, so the count limit alone does not bound the disk.
+/// The most bytes of pending provisional writes (encoded, as in the log).
+/// One write can be a 16 MiB batch of readings, so the count limit alone
+/// does not bound the disk. It also bounds the indexes' memory: an entry
+/// (~30 bytes a reading, a key's length plus ~50 bytes) is smaller than
+/// the record that made it.
 pub const MAX_PENDING_PROVISIONAL_BYTES: usize = 256 * 1024 * 1024;
 
 /// Records read from the log per step when the indexes are rebuilt at open.
@@ -79,11 +84,157 @@ const REBUILD_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// costs only that: the state machine skips those writes.
 const REMOVED_UPTO_FILE: &str = "removed-upto";
 
-/// The log of accepted writes and the request ids of the pending ones.
+/// The log of accepted writes and the index of the pending ones.
 struct Log {
     wal: Wal,
-    /// Request id -> seq of the pending write that carries it.
+    index: Index,
+}
+
+impl Log {
+    /// The pending write `seq`, read back from its record.
+    fn write(&self, seq: u64) -> Result<PendingWrite, StorageError> {
+        let (_, bytes) = self
+            .wal
+            .read(seq..=seq)
+            .map_err(read_err)?
+            .pop()
+            .ok_or_else(|| {
+                read_err(std::io::Error::other(format!(
+                    "provisional write {seq} is indexed but not in the provisional log"
+                )))
+            })?;
+        keys::decode(&bytes).map_err(read_err)
+    }
+
+    /// The rows of `sensor_id` at `picks` (timestamp, seq of the write that
+    /// holds it), each write's record read once.
+    fn reading_rows(
+        &self,
+        sensor_id: &str,
+        picks: Vec<(u64, u64)>,
+    ) -> Result<Vec<ReadingRow>, StorageError> {
+        let mut by_write: HashMap<u64, HashMap<u64, StoredReading>> = HashMap::new();
+        let mut rows = Vec::with_capacity(picks.len());
+        for (timestamp_ms, seq) in picks {
+            let readings = match by_write.entry(seq) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => new.insert(readings_of(self.write(seq)?.write, sensor_id)),
+            };
+            let reading = readings.get(&timestamp_ms).cloned().ok_or_else(|| {
+                read_err(std::io::Error::other(format!(
+                    "provisional write {seq} is indexed for {sensor_id:?} at {timestamp_ms} but holds no such reading"
+                )))
+            })?;
+            rows.push(ReadingRow {
+                timestamp_ms,
+                reading,
+            });
+        }
+        Ok(rows)
+    }
+}
+
+/// The readings of `sensor_id` a write carries, by timestamp (the last of
+/// its batch where one timestamp is there twice, as the index has it).
+fn readings_of(write: ProvisionalWrite, sensor_id: &str) -> HashMap<u64, StoredReading> {
+    let WriteOp::PutReadings(batch) = write.op else {
+        return HashMap::new();
+    };
+    batch
+        .into_iter()
+        .filter(|r| r.sensor_id == sensor_id)
+        .map(|r| {
+            let reading = StoredReading {
+                value: r.value,
+                tags: r.tags,
+                version: write.version,
+            };
+            (r.timestamp_ms, reading)
+        })
+        .collect()
+}
+
+/// Where the pending writes are: the seq of the newest pending write of
+/// each key and of each reading, and of the write that carries each request
+/// id. At most one entry per item of a pending write.
+#[derive(Default)]
+struct Index {
+    keys: HashMap<Vec<u8>, u64>,
+    /// Sensor -> timestamp -> seq.
+    readings: HashMap<String, BTreeMap<u64, u64>>,
     requests: HashMap<RequestId, u64>,
+}
+
+impl Index {
+    /// Points the entries of what `write` wrote at it.
+    fn add(&mut self, write: &ProvisionalWrite) {
+        let seq = write.seq;
+        match &write.op {
+            WriteOp::PutReadings(batch) => {
+                for r in batch {
+                    // Batches are usually of one sensor: its name is
+                    // copied once, not per reading.
+                    let times = match self.readings.get_mut(r.sensor_id.as_str()) {
+                        Some(times) => times,
+                        None => self.readings.entry(r.sensor_id.clone()).or_default(),
+                    };
+                    times.insert(r.timestamp_ms, seq);
+                }
+            }
+            WriteOp::Put { key, .. }
+            | WriteOp::Delete { key }
+            | WriteOp::CompareAndSet { key, .. } => {
+                self.keys.insert(key.clone(), seq);
+            }
+        }
+        if !write.request_id.is_empty() {
+            self.requests.insert(write.request_id.clone(), seq);
+        }
+    }
+
+    /// Drops the entries that still point at `write` (a newer pending write
+    /// of the same key or reading keeps its own).
+    fn remove(&mut self, write: &ProvisionalWrite) {
+        let seq = write.seq;
+        match &write.op {
+            WriteOp::PutReadings(batch) => {
+                for r in batch {
+                    let Some(times) = self.readings.get_mut(r.sensor_id.as_str()) else {
+                        continue;
+                    };
+                    if times.get(&r.timestamp_ms) == Some(&seq) {
+                        times.remove(&r.timestamp_ms);
+                    }
+                    if times.is_empty() {
+                        self.readings.remove(r.sensor_id.as_str());
+                    }
+                }
+            }
+            WriteOp::Put { key, .. }
+            | WriteOp::Delete { key }
+            | WriteOp::CompareAndSet { key, .. } => {
+                if self.keys.get(key) == Some(&seq) {
+                    self.keys.remove(key);
+                }
+            }
+        }
+        if self.requests.get(&write.request_id) == Some(&seq) {
+            self.requests.remove(&write.request_id);
+        }
+    }
+
+    /// Gives back the memory of maps that a drained backlog left mostly
+    /// empty (a map keeps its capacity when entries are removed).
+    fn shrink(&mut self) {
+        fn shrink<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+            if map.len() < map.capacity() / 4 {
+                map.shrink_to_fit();
+            }
+        }
+        shrink(&mut self.keys);
+        shrink(&mut self.readings);
+        shrink(&mut self.requests);
+    }
 }
 
 fn lock_log(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
@@ -98,8 +249,6 @@ pub struct ProvisionalStore {
     log: Arc<Mutex<Log>>,
     /// Syncs the log's WAL.
     flusher: Flusher,
-    kv: sled::Tree,
-    readings: sled::Tree,
     /// The seq the next accepted write gets. Every seq below it was accepted.
     next_seq: Arc<AtomicU64>,
     /// Every seq at or below it is synced.
@@ -171,7 +320,7 @@ fn item_versions(op: &WriteOp, version: Version) -> Vec<Version> {
 
 impl ProvisionalStore {
     /// Opens the log in `dir` (moving the writes of an older data directory's
-    /// `prov_log` tree into it), rebuilds the indexes in `db`, and starts the
+    /// `prov_log` tree into it), rebuilds the indexes, and starts the
     /// log's flush thread (whose end the caller awaits at shutdown).
     pub fn open(db: &sled::Db, dir: &Path) -> Result<(Self, FlushThreadExit), StorageError> {
         let open = |name| db.open_tree(name).map_err(read_err);
@@ -197,11 +346,17 @@ impl ProvisionalStore {
             None => next_seq - 1,
         };
         purge_removed(&mut wal, removed_upto)?;
-        // Older builds kept the request ids in sled.
-        open(keys::PROV_REQUESTS_TREE)?.clear().map_err(write_err)?;
+        // Older builds kept the indexes in sled.
+        for tree in [
+            keys::PROV_KV_TREE,
+            keys::PROV_READINGS_TREE,
+            keys::PROV_REQUESTS_TREE,
+        ] {
+            db.drop_tree(tree).map_err(write_err)?;
+        }
         let log = Arc::new(Mutex::new(Log {
             wal,
-            requests: HashMap::new(),
+            index: Index::default(),
         }));
         let sync_log = log.clone();
         let (flusher, exit) = Flusher::start("capkv-prov-sync", move || {
@@ -212,8 +367,6 @@ impl ProvisionalStore {
         let store = Self {
             log,
             flusher,
-            kv: open(keys::PROV_KV_TREE)?,
-            readings: open(keys::PROV_READINGS_TREE)?,
             next_seq: Arc::new(AtomicU64::new(next_seq)),
             synced_upto: Arc::new(AtomicU64::new(last)),
             removed_upto: Arc::new(AtomicU64::new(removed_upto)),
@@ -271,7 +424,7 @@ impl ProvisionalStore {
                     // from it (and rebuilt from it at open).
                     log.wal.append(&[(seq, encoded)]).map_err(write_err)?;
                     self.next_seq.store(seq + 1, Ordering::Release);
-                    self.index(&pending.write, &mut log.requests)?;
+                    log.index.add(&pending.write);
                     self.pending_bytes.fetch_add(adding, Ordering::Relaxed);
                     Accepted {
                         seq,
@@ -316,13 +469,10 @@ impl ProvisionalStore {
         if request_id.is_empty() {
             return Ok(None);
         }
-        let Some(&seq) = log.requests.get(request_id) else {
+        let Some(&seq) = log.index.requests.get(request_id) else {
             return Ok(None);
         };
-        let Some((_, bytes)) = log.wal.read(seq..=seq).map_err(read_err)?.pop() else {
-            return Ok(None);
-        };
-        let pending: PendingWrite = keys::decode(&bytes).map_err(read_err)?;
+        let pending = log.write(seq)?;
         let versions = item_versions(&pending.write.op, pending.write.version);
         Ok(Some(Accepted {
             seq,
@@ -331,62 +481,11 @@ impl ProvisionalStore {
         }))
     }
 
-    /// Points the indexes (key, reading, request id) at `write`.
-    fn index(
-        &self,
-        write: &ProvisionalWrite,
-        requests: &mut HashMap<RequestId, u64>,
-    ) -> Result<(), StorageError> {
-        let (seq, version) = (write.seq, write.version);
-        match &write.op {
-            WriteOp::PutReadings(batch) => {
-                for r in batch {
-                    let value = StoredReading {
-                        value: r.value,
-                        tags: r.tags.clone(),
-                        version,
-                    };
-                    self.readings
-                        .insert(
-                            keys::reading_key(&r.sensor_id, r.timestamp_ms),
-                            keys::encode(&Indexed { seq, value }),
-                        )
-                        .map_err(write_err)?;
-                }
-            }
-            WriteOp::Put { key, value } => {
-                let value = StoredValue {
-                    value: Some(value.clone()),
-                    version,
-                };
-                self.kv
-                    .insert(key.as_slice(), keys::encode(&Indexed { seq, value }))
-                    .map_err(write_err)?;
-            }
-            WriteOp::Delete { key } | WriteOp::CompareAndSet { key, .. } => {
-                let value = StoredValue {
-                    value: None,
-                    version,
-                };
-                self.kv
-                    .insert(key.as_slice(), keys::encode(&Indexed { seq, value }))
-                    .map_err(write_err)?;
-            }
-        }
-        if !write.request_id.is_empty() {
-            requests.insert(write.request_id.clone(), seq);
-        }
-        Ok(())
-    }
-
     /// Rebuilds the indexes from the pending writes (at open: the log is the
-    /// truth, the indexes are never flushed for a write).
+    /// truth, the indexes live in memory).
     fn rebuild_indexes(&self) -> Result<(), StorageError> {
-        for tree in [&self.kv, &self.readings] {
-            tree.clear().map_err(write_err)?;
-        }
         let mut log = lock_log(&self.log);
-        log.requests.clear();
+        log.index = Index::default();
         let mut bytes = 0;
         let mut from = self.removed_upto.load(Ordering::Acquire) + 1;
         loop {
@@ -400,7 +499,7 @@ impl ProvisionalStore {
             from = last + 1;
             for (_, value) in records {
                 let pending: PendingWrite = keys::decode(&value).map_err(read_err)?;
-                self.index(&pending.write, &mut log.requests)?;
+                log.index.add(&pending.write);
                 bytes += value.len();
             }
         }
@@ -450,37 +549,10 @@ impl ProvisionalStore {
                 removed_upto + 1
             ))));
         }
-        // `seq` is the first field of `Indexed`: decoding just it says which
-        // write an index entry belongs to.
-        let owned_by = |entry: Option<sled::IVec>, seq: u64| {
-            entry.is_some_and(|bytes| {
-                keys::decode::<u64>(&bytes)
-                    .map(|s| s == seq)
-                    .unwrap_or(false)
-            })
-        };
         for write in &writes {
-            match &write.op {
-                WriteOp::PutReadings(batch) => {
-                    for r in batch {
-                        let key = keys::reading_key(&r.sensor_id, r.timestamp_ms);
-                        if owned_by(self.readings.get(&key).map_err(read_err)?, write.seq) {
-                            self.readings.remove(key).map_err(write_err)?;
-                        }
-                    }
-                }
-                WriteOp::Put { key, .. }
-                | WriteOp::Delete { key }
-                | WriteOp::CompareAndSet { key, .. } => {
-                    if owned_by(self.kv.get(key).map_err(read_err)?, write.seq) {
-                        self.kv.remove(key.as_slice()).map_err(write_err)?;
-                    }
-                }
-            }
-            if log.requests.get(&write.request_id) == Some(&write.seq) {
-                log.requests.remove(&write.request_id);
-            }
+            log.index.remove(write);
         }
+        log.index.shrink();
         let bytes = log.wal.payload_bytes(removed_upto + 1..=last);
         self.removed_upto.store(last, Ordering::Release);
         self.pending_bytes
@@ -518,21 +590,44 @@ impl ProvisionalStore {
 
     /// The newest pending value of a key, if any.
     pub fn get(&self, key: &[u8]) -> Result<Option<StoredValue>, StorageError> {
-        match self.kv.get(key).map_err(read_err)? {
-            Some(bytes) => Ok(Some(
-                keys::decode::<Indexed<StoredValue>>(&bytes)
-                    .map_err(read_err)?
-                    .value,
-            )),
-            None => Ok(None),
-        }
+        let log = lock_log(&self.log);
+        let Some(&seq) = log.index.keys.get(key) else {
+            return Ok(None);
+        };
+        let write = log.write(seq)?.write;
+        let value = match write.op {
+            WriteOp::Put { value, .. } => Some(value),
+            WriteOp::Delete { .. } => None,
+            op => {
+                return Err(read_err(std::io::Error::other(format!(
+                    "provisional write {seq} is indexed for a key but is {op:?}"
+                ))))
+            }
+        };
+        Ok(Some(StoredValue {
+            value,
+            version: write.version,
+        }))
     }
 
+    /// The pending reading of a sensor with the highest timestamp, if any.
     pub fn latest_reading(&self, sensor_id: &str) -> Result<Option<ReadingRow>, StorageError> {
-        latest_row(&self.readings, sensor_id)
+        let log = lock_log(&self.log);
+        let Some((&timestamp_ms, &seq)) = log
+            .index
+            .readings
+            .get(sensor_id)
+            .and_then(|times| times.last_key_value())
+        else {
+            return Ok(None);
+        };
+        Ok(log
+            .reading_rows(sensor_id, vec![(timestamp_ms, seq)])?
+            .pop())
     }
 
-    /// Pending readings of a sensor in `[from_ms, to_ms]`, in time order.
+    /// Pending readings of a sensor in `[from_ms, to_ms]`, in time order
+    /// (newest first when `descending`), at most `limit`.
     pub fn range_readings(
         &self,
         sensor_id: &str,
@@ -540,13 +635,20 @@ impl ProvisionalStore {
         limit: usize,
         descending: bool,
     ) -> Result<Vec<ReadingRow>, StorageError> {
-        range_rows(
-            &self.readings,
-            sensor_id,
-            (from_ms, to_ms),
-            limit,
-            descending,
-        )
+        let log = lock_log(&self.log);
+        let Some(times) = log.index.readings.get(sensor_id) else {
+            return Ok(Vec::new());
+        };
+        if from_ms > to_ms {
+            return Ok(Vec::new());
+        }
+        let range = times.range(from_ms..=to_ms).map(|(&ts, &seq)| (ts, seq));
+        let picks: Vec<(u64, u64)> = if descending {
+            range.rev().take(limit).collect()
+        } else {
+            range.take(limit).collect()
+        };
+        log.reading_rows(sensor_id, picks)
     }
 }
 
@@ -620,51 +722,6 @@ fn migrate_sled_log(db: &sled::Db, tree: &sled::Tree, wal: &mut Wal) -> Result<u
     Ok(legacy_next_seq)
 }
 
-/// The newest row of `prov_readings` of a sensor.
-fn latest_row(tree: &sled::Tree, sensor_id: &str) -> Result<Option<ReadingRow>, StorageError> {
-    tree.scan_prefix(keys::sensor_prefix(sensor_id))
-        .next_back()
-        .map(decode_row)
-        .transpose()
-}
-
-/// Up to `limit` rows of `prov_readings` of a sensor with
-/// `from_ms <= ts <= to_ms`, in time order (newest first when `descending`).
-fn range_rows(
-    tree: &sled::Tree,
-    sensor_id: &str,
-    (from_ms, to_ms): (u64, u64),
-    limit: usize,
-    descending: bool,
-) -> Result<Vec<ReadingRow>, StorageError> {
-    if from_ms > to_ms {
-        return Ok(Vec::new());
-    }
-    let range =
-        tree.range(keys::reading_key(sensor_id, from_ms)..=keys::reading_key(sensor_id, to_ms));
-    let rows: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if descending {
-        Box::new(range.rev())
-    } else {
-        Box::new(range)
-    };
-    rows.take(limit).map(decode_row).collect()
-}
-
-fn decode_row(row: sled::Result<(sled::IVec, sled::IVec)>) -> Result<ReadingRow, StorageError> {
-    let (key, value) = row.map_err(read_err)?;
-    let timestamp_ms = keys::reading_key_timestamp(&key).ok_or_else(|| {
-        read_err(std::io::Error::other(
-            "reading key shorter than its timestamp",
-        ))
-    })?;
-    Ok(ReadingRow {
-        timestamp_ms,
-        reading: keys::decode::<Indexed<StoredReading>>(&value)
-            .map_err(read_err)?
-            .value,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,6 +731,137 @@ mod tests {
             key: key.as_bytes().to_vec(),
             value: b"v".to_vec(),
         }
+    }
+
+    fn readings(items: &[(&str, u64, f64)]) -> WriteOp {
+        WriteOp::PutReadings(
+            items
+                .iter()
+                .map(|&(sensor, ts, value)| crate::types::ReadingWrite {
+                    sensor_id: sensor.to_string(),
+                    timestamp_ms: ts,
+                    value,
+                    tags: vec![("at".to_string(), value.to_string())],
+                })
+                .collect(),
+        )
+    }
+
+    fn version(physical_ms: u64) -> Version {
+        Version {
+            physical_ms,
+            logical: 0,
+            origin_node: 1,
+        }
+    }
+
+    /// What the store answers for the items the index test writes: key `k`,
+    /// key `j`, the newest reading of `s` and `s2`, `s`'s readings at 1..=4
+    /// as (ts, value, version ms), and the newest two of them.
+    type Answers = (
+        Option<StoredValue>,
+        Option<StoredValue>,
+        Option<(u64, f64)>,
+        Option<(u64, f64)>,
+        Vec<(u64, f64, u64)>,
+        Vec<u64>,
+    );
+
+    fn answers(store: &ProvisionalStore) -> Answers {
+        let latest = |sensor: &str| {
+            store
+                .latest_reading(sensor)
+                .expect("latest")
+                .map(|row| (row.timestamp_ms, row.reading.value))
+        };
+        let rows = store.range_readings("s", (1, 4), 10, false).expect("range");
+        for row in &rows {
+            // Tags come back from the record as they were written.
+            assert_eq!(row.reading.tags[0].1, row.reading.value.to_string());
+        }
+        let newest_two = store.range_readings("s", (1, 4), 2, true).expect("range");
+        (
+            store.get(b"k").expect("get"),
+            store.get(b"j").expect("get"),
+            latest("s"),
+            latest("s2"),
+            rows.iter()
+                .map(|r| {
+                    (
+                        r.timestamp_ms,
+                        r.reading.value,
+                        r.reading.version.physical_ms,
+                    )
+                })
+                .collect(),
+            newest_two.iter().map(|r| r.timestamp_ms).collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn reads_see_the_newest_pending_write_of_each_item_until_it_is_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, store, exit) = open_store(dir.path()).await;
+        let writes = [
+            put("k"),
+            readings(&[("s", 1, 1.0), ("s", 2, 2.0), ("s", 3, 3.0), ("s2", 1, 10.0)]),
+            WriteOp::Put {
+                key: b"k".to_vec(),
+                value: b"v2".to_vec(),
+            },
+            WriteOp::Delete { key: b"j".to_vec() },
+            // Rewrites s at 3 (the same timestamp twice in one batch: the
+            // last one counts) and adds 4.
+            readings(&[("s", 3, 0.5), ("s", 3, 30.0), ("s", 4, 40.0)]),
+        ];
+        for (i, op) in writes.into_iter().enumerate() {
+            let ms = 100 + i as u64;
+            store
+                .accept(format!("r{i}").into_bytes(), op, move || version(ms), 0)
+                .await
+                .expect("accept");
+        }
+        let all_pending = (
+            Some(StoredValue {
+                value: Some(b"v2".to_vec()),
+                version: version(102),
+            }),
+            Some(StoredValue {
+                value: None,
+                version: version(103),
+            }),
+            Some((4, 40.0)),
+            Some((1, 10.0)),
+            vec![(1, 1.0, 101), (2, 2.0, 101), (3, 30.0, 104), (4, 40.0, 104)],
+            vec![4, 3],
+        );
+        assert_eq!(answers(&store), all_pending);
+        assert!(store
+            .range_readings("s", (3, 2), 10, false)
+            .expect("range")
+            .is_empty());
+        assert!(store.get(b"other").expect("get").is_none());
+        assert!(store.latest_reading("other").expect("latest").is_none());
+
+        // The indexes are rebuilt from the log at open.
+        close(db, store, exit).await;
+        let (db, store, exit) = open_store(dir.path()).await;
+        assert_eq!(answers(&store), all_pending);
+
+        // Removing the first two writes keeps what the later ones wrote over
+        // them: k's newer value and s at 3.
+        let oldest = store.oldest(2, usize::MAX).expect("oldest");
+        store.remove(&oldest).expect("remove");
+        let (k, j, latest_s, latest_s2, rows, newest_two) = answers(&store);
+        assert_eq!((k, j), (all_pending.0.clone(), all_pending.1.clone()));
+        assert_eq!((latest_s, latest_s2), (Some((4, 40.0)), None));
+        assert_eq!(rows, vec![(3, 30.0, 104), (4, 40.0, 104)]);
+        assert_eq!(newest_two, vec![4, 3]);
+
+        let rest = store.oldest(10, usize::MAX).expect("oldest");
+        store.remove(&rest).expect("remove");
+        assert_eq!(answers(&store), (None, None, None, None, vec![], vec![]));
+        close(db, store, exit).await;
     }
 
     /// A sled database under `dir` and the store on it, its log beside it.
@@ -862,6 +1050,17 @@ mod tests {
             .expect("tree")
             .insert(keys::NEXT_SEQ_KEY, &keys::log_index_key(next_seq))
             .expect("insert");
+        // The index trees of older builds, with a stale row each.
+        for tree in [
+            keys::PROV_KV_TREE,
+            keys::PROV_READINGS_TREE,
+            keys::PROV_REQUESTS_TREE,
+        ] {
+            db.open_tree(tree)
+                .expect("tree")
+                .insert(b"stale", b"row")
+                .expect("insert");
+        }
         db.flush().expect("flush");
     }
 
@@ -878,6 +1077,17 @@ mod tests {
             assert!(accept(&store, "r8", "k8").await.deduplicated);
             assert_eq!(accept(&store, "r10", "k10").await.seq, 10);
             assert!(db.open_tree(keys::PROV_LOG_TREE).expect("tree").is_empty());
+            let names = db.tree_names();
+            for tree in [
+                keys::PROV_KV_TREE,
+                keys::PROV_READINGS_TREE,
+                keys::PROV_REQUESTS_TREE,
+            ] {
+                assert!(
+                    !names.iter().any(|n| n == tree.as_bytes()),
+                    "{tree} dropped"
+                );
+            }
             let all = store.oldest(100, usize::MAX).expect("oldest");
             store.remove(&all).expect("remove");
             close(db, store, exit).await;
@@ -923,7 +1133,7 @@ mod tests {
         assert!(matches!(error, AcceptError::FullBytes { .. }), "{error}");
         assert!(error.to_string().contains("limit of 1200 bytes"), "{error}");
         assert_eq!(store.pending_count(), 3);
-        assert!(store.kv.get(b"k3").expect("get").is_none());
+        assert!(store.get(b"k3").expect("get").is_none());
         // A retry of a pending write is no new write: answered even when full.
         assert!(accept(0).await.expect("a retry while full").deduplicated);
         let oldest = store.oldest(1, usize::MAX).expect("oldest");
