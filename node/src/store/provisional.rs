@@ -68,9 +68,10 @@ pub const MAX_PENDING_PROVISIONAL_WRITES: usize = 1_000_000;
 
 /// The most bytes of pending provisional writes (encoded, as in the log).
 /// One write can be a 16 MiB batch of readings, so the count limit alone
-/// does not bound the disk. It also bounds the indexes' memory: an entry
-/// (~30 bytes a reading, a key's length plus ~50 bytes) is smaller than
-/// the record that made it.
+/// does not bound the disk. With [`MAX_PENDING_PROVISIONAL_WRITES`] it also
+/// bounds the indexes' memory: ~36 bytes a reading (whose share of its
+/// record is at least ~33), ~100 bytes plus the key for a key write and ~80
+/// plus the id for a request id; at worst ~300 MB.
 pub const MAX_PENDING_PROVISIONAL_BYTES: usize = 256 * 1024 * 1024;
 
 /// Records read from the log per step when the indexes are rebuilt at open.
