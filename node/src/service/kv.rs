@@ -67,10 +67,14 @@ impl KvApi {
     /// One put, as `Put` answers it.
     async fn put_parsed(&self, put: ParsedPut) -> Result<v1::PutResponse, Status> {
         let written = self.ctx.write(put.level, put.request_id, put.op).await?;
-        Ok(v1::PutResponse {
+        Ok(self.put_response(&written, put.session))
+    }
+
+    fn put_response(&self, written: &Written, session: v1::SessionToken) -> v1::PutResponse {
+        v1::PutResponse {
             version: written.versions().first().copied().map(to_proto_version),
-            meta: Some(self.ctx.write_meta(&written, put.session)),
-        })
+            meta: Some(self.ctx.write_meta(written, session)),
+        }
     }
 }
 
@@ -103,24 +107,64 @@ impl KvService for KvApi {
         if leader_only(&parsed) {
             self.ctx.check_leader_quorum()?;
         }
-        // Concurrently, so the batcher puts them in the same Raft entries.
-        let outcomes = join_all(parsed.into_iter().map(|put| async move {
-            let result = match put {
+        // The LOCAL puts are stored together (one log append, one sync);
+        // the others run concurrently, so the batcher puts them in the same
+        // Raft entries.
+        let mut local = Vec::new();
+        let mut others = Vec::new();
+        for (i, put) in parsed.into_iter().enumerate() {
+            match put {
+                Ok(put) if put.level == WriteLevel::Local => local.push((i, put)),
+                put => others.push((i, put)),
+            }
+        }
+        let stored_locally = async {
+            let (places, puts): (Vec<usize>, Vec<ParsedPut>) = local.into_iter().unzip();
+            let (writes, sessions): (Vec<_>, Vec<_>) = puts
+                .into_iter()
+                .map(|put| ((put.request_id, put.op), put.session))
+                .unzip();
+            let answers = if writes.is_empty() {
+                Vec::new()
+            } else {
+                self.ctx.accept_local_many(writes).await
+            };
+            places
+                .into_iter()
+                .zip(answers.into_iter().zip(sessions))
+                .map(|(i, (answer, session))| {
+                    let response = answer
+                        .map_err(Status::from)
+                        .map(|accepted| self.put_response(&Written::Local(accepted), session));
+                    (i, response)
+                })
+                .collect::<Vec<_>>()
+        };
+        let written_elsewhere = join_all(others.into_iter().map(|(i, put)| async move {
+            let response = match put {
                 Ok(put) => self.put_parsed(put).await,
                 Err(status) => Err(status),
             };
-            let outcome = match result {
-                Ok(response) => v1::put_outcome::Outcome::Ok(response),
-                Err(status) => v1::put_outcome::Outcome::Error(v1::CallError {
-                    code: status.code() as i32,
-                    message: status.message().to_string(),
-                }),
-            };
-            v1::PutOutcome {
-                outcome: Some(outcome),
-            }
-        }))
-        .await;
+            (i, response)
+        }));
+        let (mut answers, rest) = tokio::join!(stored_locally, written_elsewhere);
+        answers.extend(rest);
+        answers.sort_unstable_by_key(|(i, _)| *i);
+        let outcomes = answers
+            .into_iter()
+            .map(|(_, result)| {
+                let outcome = match result {
+                    Ok(response) => v1::put_outcome::Outcome::Ok(response),
+                    Err(status) => v1::put_outcome::Outcome::Error(v1::CallError {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    }),
+                };
+                v1::PutOutcome {
+                    outcome: Some(outcome),
+                }
+            })
+            .collect();
         Ok(Response::new(v1::PutManyResponse { outcomes }))
     }
 

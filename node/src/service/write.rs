@@ -183,22 +183,38 @@ impl NodeContext {
         request_id: RequestId,
         op: WriteOp,
     ) -> Result<Accepted, ApiError> {
+        self.accept_local_many(vec![(request_id, op)])
+            .await
+            .pop()
+            .expect("one answer per write")
+    }
+
+    /// [`NodeContext::accept_local`] for several writes, stored together
+    /// (one log append, one sync); an answer for each, in order.
+    pub async fn accept_local_many(
+        &self,
+        writes: Vec<(RequestId, WriteOp)>,
+    ) -> Vec<Result<Accepted, ApiError>> {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let accepted = self
+        let answers = self
             .provisional
-            .accept(request_id, op, || self.clock.now(), now_ms)
-            .await
-            .map_err(|e| match e {
-                AcceptError::Full | AcceptError::FullBytes { .. } => {
-                    ApiError::Overloaded(e.to_string())
-                }
-                AcceptError::Storage(e) => ApiError::from_storage(self.id, *e),
-            })?;
+            .accept_many(writes, || self.clock.now(), now_ms)
+            .await;
         self.reconcile_wakeup.notify_one();
-        Ok(accepted)
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.map_err(|e| match e {
+                    AcceptError::Full | AcceptError::FullBytes { .. } => {
+                        ApiError::Overloaded(e.to_string())
+                    }
+                    AcceptError::Storage(e) => ApiError::from_storage(self.id, *e),
+                })
+            })
+            .collect()
     }
 
     /// Response metadata for a write, with the client's session token

@@ -283,7 +283,7 @@ pub struct Accepted {
     pub deduplicated: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum AcceptError {
     #[error("this node holds {MAX_PENDING_PROVISIONAL_WRITES} unreconciled LOCAL writes, its limit; retry after the partition heals or write STRONG")]
     Full,
@@ -395,62 +395,156 @@ impl ProvisionalStore {
         make_version: impl Fn() -> Version,
         accepted_at_ms: u64,
     ) -> Result<Accepted, AcceptError> {
-        if let WriteOp::CompareAndSet { .. } = op {
-            // The API refuses LOCAL compare-and-set before it gets here.
-            return Err(write_err(std::io::Error::other(
-                "compare-and-set cannot be provisional",
-            ))
-            .into());
+        self.accept_many(vec![(request_id, op)], make_version, accepted_at_ms)
+            .await
+            .pop()
+            .expect("one answer per write")
+    }
+
+    /// [`ProvisionalStore::accept`] for several writes at once (the LOCAL
+    /// puts of one `PutMany` call): one critical section, one log append and
+    /// one sync for all of them, and an answer for each, in order. A write
+    /// whose request id an earlier one of the same call carries is answered
+    /// as that write's retry.
+    pub async fn accept_many(
+        &self,
+        writes: Vec<(RequestId, WriteOp)>,
+        make_version: impl Fn() -> Version,
+        accepted_at_ms: u64,
+    ) -> Vec<Result<Accepted, AcceptError>> {
+        /// Where a write's answer comes from.
+        enum Answer {
+            Now(Result<Accepted, AcceptError>),
+            /// The `n`th new write of this call.
+            New(usize),
+            /// The answer of write `i` of this call, as a retry.
+            Retry(usize),
         }
-        let accepted = {
+        let mut answers = Vec::with_capacity(writes.len());
+        let mut new: Vec<PendingWrite> = Vec::new();
+        let stored = {
             let mut log = lock_log(&self.log);
-            match self.pending_retry(&log, &request_id)? {
-                Some(accepted) => accepted,
-                None => {
-                    let version = make_version();
-                    let seq = self.next_seq();
-                    let pending = PendingWrite {
-                        write: ProvisionalWrite {
-                            seq,
-                            request_id,
-                            version,
-                            op,
-                        },
-                        accepted_at_ms,
-                    };
-                    let encoded = keys::encode(&pending);
-                    let adding = encoded.len();
-                    self.check_room(adding)?;
-                    // The log record is the truth; the indexes are derived
-                    // from it (and rebuilt from it at open).
-                    log.wal.append(&[(seq, encoded)]).map_err(write_err)?;
-                    self.next_seq.store(seq + 1, Ordering::Release);
-                    log.index.add(&pending.write);
-                    self.pending_bytes.fetch_add(adding, Ordering::Relaxed);
-                    Accepted {
-                        seq,
-                        versions: item_versions(&pending.write.op, version),
-                        deduplicated: false,
+            let first_seq = self.next_seq();
+            let mut records = Vec::new();
+            let mut adding = 0;
+            let mut ids_here: HashMap<RequestId, usize> = HashMap::new();
+            for (request_id, op) in writes {
+                if let WriteOp::CompareAndSet { .. } = op {
+                    // The API refuses LOCAL compare-and-set before it gets here.
+                    answers.push(Answer::Now(Err(write_err(std::io::Error::other(
+                        "compare-and-set cannot be provisional",
+                    ))
+                    .into())));
+                    continue;
+                }
+                if let Some(&first) = ids_here.get(&request_id) {
+                    answers.push(Answer::Retry(first));
+                    continue;
+                }
+                match self.pending_retry(&log, &request_id) {
+                    Ok(None) => {}
+                    Ok(Some(accepted)) => {
+                        answers.push(Answer::Now(Ok(accepted)));
+                        continue;
                     }
+                    Err(e) => {
+                        answers.push(Answer::Now(Err(e.into())));
+                        continue;
+                    }
+                }
+                let seq = first_seq + new.len() as u64;
+                let pending = PendingWrite {
+                    write: ProvisionalWrite {
+                        seq,
+                        request_id,
+                        version: make_version(),
+                        op,
+                    },
+                    accepted_at_ms,
+                };
+                let encoded = keys::encode(&pending);
+                if let Err(full) = self.check_room(new.len(), adding, encoded.len()) {
+                    answers.push(Answer::Now(Err(full)));
+                    continue;
+                }
+                if !pending.write.request_id.is_empty() {
+                    ids_here.insert(pending.write.request_id.clone(), answers.len());
+                }
+                adding += encoded.len();
+                records.push((seq, encoded));
+                answers.push(Answer::New(new.len()));
+                new.push(pending);
+            }
+            // The log records are the truth; the indexes are derived from
+            // them (and rebuilt from them at open).
+            if new.is_empty() {
+                Ok(())
+            } else {
+                match log.wal.append(&records) {
+                    Ok(()) => {
+                        self.next_seq
+                            .store(first_seq + new.len() as u64, Ordering::Release);
+                        for pending in &new {
+                            log.index.add(&pending.write);
+                        }
+                        self.pending_bytes.fetch_add(adding, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(e) => Err(AcceptError::from(write_err(e))),
                 }
             }
         };
-        self.flusher.flush().await.map_err(write_err)?;
-        // This sync began after the write was logged, and every smaller seq
-        // was logged before it.
-        self.synced_upto.fetch_max(accepted.seq, Ordering::AcqRel);
-        Ok(accepted)
+        let stored = match stored {
+            Ok(()) if new.is_empty() => Ok(()),
+            Ok(()) => match self.flusher.flush().await {
+                Ok(()) => {
+                    // This sync began after the writes were logged, and every
+                    // smaller seq was logged before them.
+                    let last = new.last().map_or(0, |p| p.write.seq);
+                    self.synced_upto.fetch_max(last, Ordering::AcqRel);
+                    Ok(())
+                }
+                Err(e) => Err(AcceptError::from(write_err(e))),
+            },
+            Err(e) => Err(e),
+        };
+        let mut done: Vec<Result<Accepted, AcceptError>> = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let result = match answer {
+                Answer::Now(result) => result,
+                Answer::New(n) => stored.clone().map(|()| {
+                    let write = &new[n].write;
+                    Accepted {
+                        seq: write.seq,
+                        versions: item_versions(&write.op, write.version),
+                        deduplicated: false,
+                    }
+                }),
+                Answer::Retry(first) => done[first].clone().map(|accepted| Accepted {
+                    deduplicated: true,
+                    ..accepted
+                }),
+            };
+            done.push(result);
+        }
+        done
     }
 
-    /// Whether a new write of `adding` encoded bytes fits both limits. Called
-    /// in the critical section, which every change of the counts holds, so
-    /// the limits are exact; a retry of a pending write is not a new write
-    /// and is answered even when the store is full.
-    fn check_room(&self, adding: usize) -> Result<(), AcceptError> {
-        if self.pending_count() >= MAX_PENDING_PROVISIONAL_WRITES {
+    /// Whether a new write of `adding` encoded bytes fits both limits, after
+    /// `before` writes of `before_bytes` that the same call adds. Called in
+    /// the critical section, which every change of the counts holds, so the
+    /// limits are exact; a retry of a pending write is not a new write and
+    /// is answered even when the store is full.
+    fn check_room(
+        &self,
+        before: usize,
+        before_bytes: usize,
+        adding: usize,
+    ) -> Result<(), AcceptError> {
+        if self.pending_count() + before >= MAX_PENDING_PROVISIONAL_WRITES {
             return Err(AcceptError::Full);
         }
-        let pending = self.pending_bytes();
+        let pending = self.pending_bytes() + before_bytes;
         if pending + adding > self.max_pending_bytes {
             return Err(AcceptError::FullBytes {
                 pending,
@@ -1105,6 +1199,73 @@ mod tests {
     /// Past the byte limit a LOCAL write is refused, saying how full the store
     /// is; stored nothing; and once writes are reconciled (removed) writes
     /// are accepted again.
+    #[tokio::test]
+    async fn writes_stored_together_are_answered_each_as_if_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (db, mut store, exit) = open_store(dir.path()).await;
+        let first = accept(&store, "r0", "k0").await;
+        // Room for two writes the size of this one (a Put of `k<i>` with id
+        // `r<i>`), not three.
+        let limit = log_bytes(&store) * 5 / 2;
+        store.max_pending_bytes = limit;
+        let put_with = |id: &str, key: &str| (id.as_bytes().to_vec(), put(key));
+        let answers = store
+            .accept_many(
+                vec![
+                    put_with("r1", "k1"),
+                    // A retry of a write of an earlier call.
+                    put_with("r0", "k0"),
+                    (
+                        b"c".to_vec(),
+                        WriteOp::CompareAndSet {
+                            key: b"k".to_vec(),
+                            expected: crate::types::Expected::Absent,
+                            value: b"v".to_vec(),
+                        },
+                    ),
+                    // A retry of a write of this call.
+                    put_with("r1", "k1"),
+                    // Past the byte limit, counting this call's writes.
+                    put_with("r2", "k2"),
+                ],
+                Version::default,
+                0,
+            )
+            .await;
+        let seqs: Vec<Result<(u64, bool), String>> = answers
+            .into_iter()
+            .map(|a| {
+                a.map(|a| (a.seq, a.deduplicated))
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
+        assert_eq!(seqs[0], Ok((first.seq + 1, false)));
+        assert_eq!(seqs[1], Ok((first.seq, true)));
+        assert!(
+            seqs[2]
+                .as_ref()
+                .is_err_and(|e| e.contains("compare-and-set")),
+            "{:?}",
+            seqs[2]
+        );
+        assert_eq!(seqs[3], Ok((first.seq + 1, true)));
+        let past_limit = format!("limit of {limit} bytes");
+        assert!(
+            seqs[4].as_ref().is_err_and(|e| e.contains(&past_limit)),
+            "{:?}",
+            seqs[4]
+        );
+        assert_eq!(store.pending_count(), 2);
+        assert_eq!(store.pending_bytes(), log_bytes(&store));
+        assert_eq!(reconcilable_seqs(&store), vec![first.seq, first.seq + 1]);
+        assert!(store.get(b"k1").expect("get").is_some());
+        // Stored durably: there after a reopen.
+        close(db, store, exit).await;
+        let (_db, store, _exit) = open_store(dir.path()).await;
+        assert_eq!(reconcilable_seqs(&store), vec![first.seq, first.seq + 1]);
+        assert!(accept(&store, "r1", "k1").await.deduplicated);
+    }
+
     #[tokio::test]
     async fn writes_past_the_byte_limit_are_refused_until_some_are_reconciled() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -567,23 +567,32 @@ async fn put_many_answers_each_put_on_its_own() {
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     assert_eq!(leader_named_by(&refused), leader.to_string());
 
-    // With a LOCAL put in it, the follower takes the call: the LOCAL put is
-    // stored there, the STRONG one fails alone as its own Put would.
+    // With LOCAL puts in it, the follower takes the call: the LOCAL puts
+    // are stored there (together, each answered in its place; the same
+    // request id twice is one write), the STRONG one fails alone as its own
+    // Put would.
+    let local = write_at(v1::WriteConsistency::Local, None);
     let mixed = vec![
+        put("many-local", "here", local.clone()),
+        put("many-strong", "there", write_options("many")),
+        put("many-local", "here again", local),
         put(
-            "many-local",
-            "here",
+            "many-local-2",
+            "also here",
             write_at(v1::WriteConsistency::Local, None),
         ),
-        put("many-strong", "there", write_options("many")),
     ];
     let outcomes = put_many(&cluster, follower, mixed)
         .await
         .expect("a mixed call on a follower");
-    assert!(matches!(
-        outcomes[0].outcome,
-        Some(v1::put_outcome::Outcome::Ok(_))
-    ));
+    let provisional_write = |i: usize| match &outcomes[i].outcome {
+        Some(v1::put_outcome::Outcome::Ok(response)) => response
+            .meta
+            .as_ref()
+            .and_then(|meta| meta.provisional_write)
+            .unwrap_or_else(|| panic!("put {i} is not provisional: {response:?}")),
+        other => panic!("put {i}: {other:?}"),
+    };
     let error = failure_of(&outcomes[1]);
     assert_eq!(
         error.code,
@@ -591,6 +600,14 @@ async fn put_many_answers_each_put_on_its_own() {
         "{}",
         error.message
     );
+    let (first, again, other) = (
+        provisional_write(0),
+        provisional_write(2),
+        provisional_write(3),
+    );
+    assert_eq!(again, first, "one request id, one provisional write");
+    assert_eq!(other.origin_node, first.origin_node);
+    assert_eq!(other.seq, first.seq + 1);
 
     // The call's own limits.
     for (puts, words) in [
