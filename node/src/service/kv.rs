@@ -119,16 +119,11 @@ impl KvService for KvApi {
             }
         }
         let stored_locally = async {
-            let (places, puts): (Vec<usize>, Vec<ParsedPut>) = local.into_iter().unzip();
-            let (writes, sessions): (Vec<_>, Vec<_>) = puts
+            let (places, (writes, sessions)): (Vec<usize>, (Vec<_>, Vec<_>)) = local
                 .into_iter()
-                .map(|put| ((put.request_id, put.op), put.session))
+                .map(|(i, put)| (i, ((put.request_id, put.op), put.session)))
                 .unzip();
-            let answers = if writes.is_empty() {
-                Vec::new()
-            } else {
-                self.ctx.accept_local_many(writes).await
-            };
+            let answers = self.ctx.accept_local_many(writes).await;
             places
                 .into_iter()
                 .zip(answers.into_iter().zip(sessions))

@@ -195,6 +195,9 @@ impl NodeContext {
         &self,
         writes: Vec<(RequestId, WriteOp)>,
     ) -> Vec<Result<Accepted, ApiError>> {
+        if writes.is_empty() {
+            return Vec::new();
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)

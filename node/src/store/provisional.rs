@@ -384,28 +384,13 @@ impl ProvisionalStore {
         self.next_seq.load(Ordering::Acquire)
     }
 
-    /// Stores a LOCAL write durably and returns its seq. `make_version` is
-    /// called once, inside the store's critical section, so seq order and
-    /// version order agree. A retry (same request id, still pending) gets the
-    /// first acceptance back.
-    pub async fn accept(
-        &self,
-        request_id: RequestId,
-        op: WriteOp,
-        make_version: impl Fn() -> Version,
-        accepted_at_ms: u64,
-    ) -> Result<Accepted, AcceptError> {
-        self.accept_many(vec![(request_id, op)], make_version, accepted_at_ms)
-            .await
-            .pop()
-            .expect("one answer per write")
-    }
-
-    /// [`ProvisionalStore::accept`] for several writes at once (the LOCAL
-    /// puts of one `PutMany` call): one critical section, one log append and
-    /// one sync for all of them, and an answer for each, in order. A write
-    /// whose request id an earlier one of the same call carries is answered
-    /// as that write's retry.
+    /// Stores LOCAL writes durably (one `Put`, or the LOCAL puts of one
+    /// `PutMany` call): one critical section, one log append and one sync for
+    /// all of them, and an answer for each, in order: its seq and versions.
+    /// `make_version` is called once per new write, inside the critical
+    /// section, so seq order and version order agree. A retry (same request
+    /// id, still pending, or carried by an earlier write of the same call)
+    /// gets the first acceptance back.
     pub async fn accept_many(
         &self,
         writes: Vec<(RequestId, WriteOp)>,
@@ -427,8 +412,9 @@ impl ProvisionalStore {
             let first_seq = self.next_seq();
             let mut records = Vec::new();
             let mut adding = 0;
+            let count = writes.len();
             let mut ids_here: HashMap<RequestId, usize> = HashMap::new();
-            for (request_id, op) in writes {
+            for (i, (request_id, op)) in writes.into_iter().enumerate() {
                 if let WriteOp::CompareAndSet { .. } = op {
                     // The API refuses LOCAL compare-and-set before it gets here.
                     answers.push(Answer::Now(Err(write_err(std::io::Error::other(
@@ -467,7 +453,8 @@ impl ProvisionalStore {
                     answers.push(Answer::Now(Err(full)));
                     continue;
                 }
-                if !pending.write.request_id.is_empty() {
+                // Only a later write of this call can repeat the id.
+                if i + 1 < count && !pending.write.request_id.is_empty() {
                     ids_here.insert(pending.write.request_id.clone(), answers.len());
                 }
                 adding += encoded.len();
@@ -477,37 +464,29 @@ impl ProvisionalStore {
             }
             // The log records are the truth; the indexes are derived from
             // them (and rebuilt from them at open).
-            if new.is_empty() {
-                Ok(())
-            } else {
-                match log.wal.append(&records) {
-                    Ok(()) => {
-                        self.next_seq
-                            .store(first_seq + new.len() as u64, Ordering::Release);
-                        for pending in &new {
-                            log.index.add(&pending.write);
-                        }
-                        self.pending_bytes.fetch_add(adding, Ordering::Relaxed);
-                        Ok(())
+            match new.last() {
+                None => Ok(None),
+                Some(last) => log.wal.append(&records).map(|()| {
+                    self.next_seq
+                        .store(first_seq + new.len() as u64, Ordering::Release);
+                    for pending in &new {
+                        log.index.add(&pending.write);
                     }
-                    Err(e) => Err(AcceptError::from(write_err(e))),
-                }
+                    self.pending_bytes.fetch_add(adding, Ordering::Relaxed);
+                    Some(last.write.seq)
+                }),
             }
         };
         let stored = match stored {
-            Ok(()) if new.is_empty() => Ok(()),
-            Ok(()) => match self.flusher.flush().await {
-                Ok(()) => {
-                    // This sync began after the writes were logged, and every
-                    // smaller seq was logged before them.
-                    let last = new.last().map_or(0, |p| p.write.seq);
-                    self.synced_upto.fetch_max(last, Ordering::AcqRel);
-                    Ok(())
-                }
-                Err(e) => Err(AcceptError::from(write_err(e))),
-            },
+            Ok(Some(last)) => self.flusher.flush().await.map(|()| {
+                // This sync began after the writes were logged, and every
+                // smaller seq was logged before them.
+                self.synced_upto.fetch_max(last, Ordering::AcqRel);
+            }),
+            Ok(None) => Ok(()),
             Err(e) => Err(e),
-        };
+        }
+        .map_err(|e| AcceptError::from(write_err(e)));
         let mut done: Vec<Result<Accepted, AcceptError>> = Vec::with_capacity(answers.len());
         for answer in answers {
             let result = match answer {
@@ -911,10 +890,11 @@ mod tests {
         ];
         for (i, op) in writes.into_iter().enumerate() {
             let ms = 100 + i as u64;
-            store
-                .accept(format!("r{i}").into_bytes(), op, move || version(ms), 0)
-                .await
-                .expect("accept");
+            accept_one(&store, format!("r{i}").into_bytes(), op, move || {
+                version(ms)
+            })
+            .await
+            .expect("accept");
         }
         let all_pending = (
             Some(StoredValue {
@@ -981,16 +961,29 @@ mod tests {
         exit.wait().await;
     }
 
-    async fn accept(store: &ProvisionalStore, request_id: &str, key: &str) -> Accepted {
+    /// One write, as a `Put` stores it.
+    async fn accept_one(
+        store: &ProvisionalStore,
+        request_id: Vec<u8>,
+        op: WriteOp,
+        make_version: impl Fn() -> Version,
+    ) -> Result<Accepted, AcceptError> {
         store
-            .accept(
-                request_id.as_bytes().to_vec(),
-                put(key),
-                Version::default,
-                0,
-            )
+            .accept_many(vec![(request_id, op)], make_version, 0)
             .await
-            .expect("accept")
+            .pop()
+            .expect("one answer per write")
+    }
+
+    async fn accept(store: &ProvisionalStore, request_id: &str, key: &str) -> Accepted {
+        accept_one(
+            store,
+            request_id.as_bytes().to_vec(),
+            put(key),
+            Version::default,
+        )
+        .await
+        .expect("accept")
     }
 
     /// Accepts a Put of `k<i>` with request id `r<i>` for each `i`.
@@ -1278,14 +1271,13 @@ mod tests {
         let accept = |i: usize| {
             let store = store.clone();
             async move {
-                store
-                    .accept(
-                        format!("b{i}").into_bytes(),
-                        big(&format!("k{i}")),
-                        Version::default,
-                        0,
-                    )
-                    .await
+                accept_one(
+                    &store,
+                    format!("b{i}").into_bytes(),
+                    big(&format!("k{i}")),
+                    Version::default,
+                )
+                .await
             }
         };
         for i in 0..3 {
