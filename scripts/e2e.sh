@@ -199,6 +199,10 @@ rc=0
 bash "$CLUSTER" start 2>&1 | sed 's/^/    /' || rc=$?
 check "cluster.sh start" "exit 0" "exit $rc"
 ((rc == 0)) || end_early "the cluster did not start"
+# Nodes turn transparent huge pages off (node/src/main.rs); kernels before
+# 6.x have no THP_enabled line, and then there is nothing to check.
+thp=$(grep -s '^THP_enabled:' "/proc/$(cat "$(capkv_node_pidfile 1)")/status" | awk '{print $2}' || true)
+[[ -z $thp ]] || check "node 1 runs without transparent huge pages" 0 "$thp"
 
 step "writes through node 1, reads through nodes 2 and 3"
 run_retry 10 --endpoints "$(addr 1)" put e2e-key-1 value-1

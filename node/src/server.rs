@@ -1,5 +1,6 @@
-//! Starting and stopping a node: storage, Raft, and the gRPC server with the
-//! client services, the Raft service, health and reflection.
+//! Starting and stopping a node: storage, Raft, the listener that serves
+//! Raft connections, and the gRPC server with the client services, the
+//! node-to-node service, health and reflection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,12 +16,11 @@ use tokio::sync::oneshot;
 use tokio::sync::watch;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 use crate::config::NodeConfig;
 use crate::hlc::HybridClock;
 use crate::network::client::NetworkFactory;
+use crate::network::listener;
 use crate::network::server::RaftServer;
 use crate::network::LeaderContact;
 use crate::network::LinkFilter;
@@ -30,6 +30,8 @@ use crate::reconcile;
 use crate::service::admin::AdminApi;
 use crate::service::batcher::WriteBatcher;
 use crate::service::kv::KvApi;
+use crate::service::read::confirm_read_index;
+use crate::service::read_index::ReadIndexBatcher;
 use crate::service::sensor::SensorApi;
 use crate::service::NodeContext;
 use crate::service::Timing;
@@ -57,6 +59,8 @@ pub struct RunningNode {
     log: LogStore,
     stop_server: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    stop_listener: watch::Sender<bool>,
+    listener: JoinHandle<()>,
     stop_reconciler: watch::Sender<bool>,
     reconciler: JoinHandle<()>,
     flush_threads: Vec<store::FlushThreadExit>,
@@ -130,6 +134,11 @@ pub async fn start_with_links(
         },
         peers: config.peers.clone(),
         batcher: WriteBatcher::start(config.id, raft.clone()),
+        read_index: {
+            let (raft, id) = (raft.clone(), config.id);
+            let timeout = Duration::from_millis(config.election_timeout_max_ms);
+            ReadIndexBatcher::new(id, move || confirm_read_index(raft.clone(), id, timeout))
+        },
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -178,13 +187,10 @@ pub async fn start_with_links(
 
     let (stop_reconciler, reconciler_stop) = watch::channel(false);
     let reconciler = reconcile::spawn(ctx.clone(), reconciler_stop);
+    let (stop_listener, listener_stop) = watch::channel(false);
+    let (incoming, listener_task) = listener::spawn(listener, ctx.clone(), listener_stop);
     drop(ctx);
 
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(stream)
-    });
     let (stop_server, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
@@ -198,6 +204,8 @@ pub async fn start_with_links(
         log: stores.log,
         stop_server: Some(stop_server),
         server,
+        stop_listener,
+        listener: listener_task,
         stop_reconciler,
         reconciler,
         flush_threads: stores.flush_threads,
@@ -215,6 +223,11 @@ impl RunningNode {
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
+        }
+        // Stops accepting and closes the Raft connections, which hold the node.
+        let _ = self.stop_listener.send(true);
+        if let Err(e) = (&mut self.listener).await {
+            tracing::warn!(error = %e, "the listener task ended abnormally");
         }
         let grace = Duration::from_millis(SHUTDOWN_GRACE_MS);
         match tokio::time::timeout(grace, &mut self.server).await {

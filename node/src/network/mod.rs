@@ -1,9 +1,13 @@
-//! Node-to-node Raft traffic over tonic: [`client`] sends openraft's RPCs to
-//! peers, [`server`] receives them. Payloads are bincode-encoded openraft
-//! types inside `capkv.v1.internal.RaftMessage`.
+//! Node-to-node traffic. [`client`] sends openraft's RPCs to peers on Raft
+//! connections ([`wire`]: bincode-encoded openraft types in length-prefixed
+//! frames on plain TCP), and capkv's own calls to the leader over gRPC
+//! (`capkv.v1.internal.RaftService`). [`listener`] tells the two kinds of
+//! connection apart on the node's one port; [`server`] answers both.
 
 pub mod client;
+pub mod listener;
 pub mod server;
+pub mod wire;
 
 /// The largest Raft message a node sends or accepts. Bounds memory per
 /// message; one entry is bounded by the client API's message limit, far below.

@@ -9,6 +9,7 @@ pub mod batcher;
 pub mod error;
 pub mod kv;
 pub mod read;
+pub mod read_index;
 pub mod sensor;
 pub mod validate;
 pub mod write;
@@ -70,6 +71,8 @@ pub struct NodeContext {
     pub peers: BTreeMap<NodeId, String>,
     /// Batches STRONG writes into shared log entries on the leader.
     pub batcher: batcher::WriteBatcher,
+    /// Shares leadership checks between LINEARIZABLE reads on the leader.
+    pub read_index: read_index::ReadIndexBatcher,
 }
 
 pub fn to_proto_version(version: Version) -> v1::Version {

@@ -14,6 +14,8 @@ use super::merge_token;
 use super::NodeContext;
 use crate::store::keys::ReadingRow;
 use crate::store::keys::StoredValue;
+use crate::types::NodeId;
+use crate::types::Raft;
 
 /// How often a waiting read re-checks whether its level is met.
 const READ_POLL_INTERVAL_MS: u64 = 10;
@@ -150,24 +152,35 @@ impl NodeContext {
         }
     }
 
-    /// On the leader: confirms leadership with a quorum (within an election
-    /// timeout) and returns the read index.
+    /// On the leader: the read index of a leadership check (shared with
+    /// the reads that arrived with this one, see `read_index.rs`).
     pub async fn leader_read_index(&self) -> Result<u64, ApiError> {
         self.check_leader_quorum()?;
-        let timeout = Duration::from_millis(self.timing.election_timeout_max_ms);
-        match tokio::time::timeout(timeout, self.raft.get_read_log_id()).await {
-            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map(|id| id.index).unwrap_or(0)),
-            Ok(Err(e)) => Err(ApiError::from_read(self.id, e)),
-            Err(_) => Err(ApiError::NoQuorum {
-                node: self.id,
-                detail: format!(
-                    "no quorum confirmed leadership within {} ms",
-                    timeout.as_millis()
-                ),
-            }),
-        }
+        self.read_index.read_index().await
     }
+}
 
+/// Confirms leadership with a quorum (within `timeout`, an election timeout)
+/// and returns the read index.
+pub async fn confirm_read_index(
+    raft: Raft,
+    node: NodeId,
+    timeout: Duration,
+) -> Result<u64, ApiError> {
+    match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
+        Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map(|id| id.index).unwrap_or(0)),
+        Ok(Err(e)) => Err(ApiError::from_read(node, e)),
+        Err(_) => Err(ApiError::NoQuorum {
+            node,
+            detail: format!(
+                "no quorum confirmed leadership within {} ms",
+                timeout.as_millis()
+            ),
+        }),
+    }
+}
+
+impl NodeContext {
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), String> {
         let timeout = deadline.saturating_duration_since(Instant::now());
         self.raft

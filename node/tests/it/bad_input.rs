@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use capkv_proto::v1;
 
+use crate::cluster::local_value;
 use crate::cluster::TestCluster;
 
 fn reading(sensor: &str, ts: i64, value: f64) -> v1::Reading {
@@ -179,4 +180,68 @@ async fn each_bad_request_is_invalid_argument_and_changes_nothing() {
         .latest_reading("ok")
         .unwrap()
         .is_none());
+}
+
+/// Sends `bytes` on a new connection to `addr` and waits for the node to
+/// close it.
+async fn closed_after(addr: std::net::SocketAddr, bytes: &[u8]) -> bool {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut rest = Vec::new();
+    matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut rest)
+        )
+        .await,
+        Ok(Ok(0))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_raft_frames_close_their_connection_and_change_nothing() {
+    use capkv_node::network::wire::RpcKind;
+    use capkv_node::network::wire::RAFT_PREFACE;
+
+    let cluster = TestCluster::start(3, |_| {}).await;
+    let leader = cluster.settled_leader().await;
+    let term = cluster.status_of(leader).await.term;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let frame = |kind: u8, len: u32, payload: &[u8]| {
+        let mut bytes = RAFT_PREFACE.to_vec();
+        bytes.push(kind);
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    };
+    let cases = [
+        ("unknown kind", frame(9, 0, b"")),
+        (
+            "length over the limit",
+            frame(RpcKind::AppendEntries as u8, u32::MAX, b""),
+        ),
+        ("undecodable vote", frame(RpcKind::Vote as u8, 3, b"xyz")),
+        (
+            "undecodable append",
+            frame(RpcKind::AppendEntries as u8, 1, b"\x07"),
+        ),
+    ];
+    for (case, bytes) in cases {
+        assert!(closed_after(cluster.addr(follower), &bytes).await, "{case}");
+    }
+    // The follower still follows the same leader and replicates.
+    cluster.must_put(leader, "after-bad-frames", "v").await;
+    cluster.wait_applied(cluster.applied_index(leader)).await;
+    assert_eq!(
+        local_value(&cluster.reads(follower), "after-bad-frames"),
+        Some("v".to_string())
+    );
+    let status = cluster.status_of(follower).await;
+    assert_eq!((status.term, cluster.leader().await), (term, leader));
 }

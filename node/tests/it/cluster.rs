@@ -156,6 +156,10 @@ impl TestCluster {
             .unwrap_or_else(|| panic!("node {id} is not running"))
     }
 
+    pub fn addr(&self, id: u64) -> SocketAddr {
+        self.addrs[&id]
+    }
+
     pub fn reads(&self, id: u64) -> ReadView {
         self.node(id).read_view()
     }
